@@ -1,0 +1,38 @@
+# token-service: every target installs what it needs first, from the lock files.
+#   make test   ruff + the whole test suite (real oidc-provider, real HTTP)
+#   make run    the service on embedded defaults + the development identity provider
+#   make lock   re-resolve requirements.lock after changing pyproject.toml
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint run lock clean
+
+install: $(STAMP) devidp/node_modules/.package-lock.json
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+devidp/node_modules/.package-lock.json: devidp/package-lock.json
+	npm ci --prefix devidp --no-audit --no-fund --loglevel=error
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest
+
+run: install
+	$(BIN)/python dev/run.py
+
+lock:
+	$(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) devidp/node_modules .pytest_cache .ruff_cache .dev

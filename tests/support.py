@@ -1,0 +1,132 @@
+"""Test helpers: run the real app over real HTTP, build settings, forge tokens with test keys."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import jwt
+import requests
+from werkzeug.serving import make_server
+
+from token_service.app import create_app
+from token_service.settings import Settings, settings_from_dict
+
+TWILIO_SECRET = "test-api-key-secret-0123456789abcdef"
+ACCOUNT_SID = "AC" + "a" * 32
+API_KEY_SID = "SK" + "b" * 32
+SERVICE_SID = "IS" + "c" * 32
+RL_USER = "RL" + "1" * 32
+RL_ADMIN = "RL" + "2" * 32
+CR_IOS = "CR" + "3" * 32
+AUDIENCES = ["token-service-dev", "token-service-es256", "urn:token-service:api"]
+
+
+def config_dict(issuer: str, **issuer_overrides: Any) -> dict[str, Any]:
+    """A complete configuration for one issuer; tests override what they exercise."""
+    return {
+        "twilio": {
+            "account_sid": ACCOUNT_SID,
+            "api_key_sid": API_KEY_SID,
+            "service_sid": SERVICE_SID,
+            "push_credentials": {"ios": CR_IOS},
+        },
+        "issuers": [
+            {
+                "name": "test",
+                "issuer": issuer,
+                "audiences": AUDIENCES,
+                "identity_claim": "email",
+                "jwks_refetch_cooldown": 1,
+                **issuer_overrides,
+            }
+        ],
+        "identity": {"reserved_characters": "allow", "allowed_reserved": ["@"]},
+        "roles": {
+            "sids": {"user": RL_USER, "admin": RL_ADMIN},
+            "rules": [{"claim": "groups", "equals": "chat-admins", "role": "admin"}],
+            "default": "user",
+        },
+    }
+
+
+def settings_for(data: dict[str, Any]) -> Settings:
+    return settings_from_dict(data, environ={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+
+
+class RunningService:
+    """The real WSGI app behind a real threaded HTTP server on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def post_token(self, bearer: str | None, json: Any = None, **kw: Any) -> requests.Response:
+        headers = dict(kw.pop("headers", {}))
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        return requests.post(f"{self.url}/v1/token", json=json, headers=headers, timeout=30, **kw)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=30, **kw)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[RunningService]:
+    service = RunningService(settings)
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def private_key(jwk: dict[str, Any]) -> Any:
+    return jwt.PyJWK(jwk).key
+
+
+def forge(
+    jwk: dict[str, Any],
+    claims: dict[str, Any],
+    *,
+    headers: dict[str, Any] | None = None,
+    alg: str | None = None,
+) -> str:
+    """Sign ``claims`` with a test-controlled key (the IdP's own, or an attacker's)."""
+    all_headers = {"kid": jwk["kid"], **(headers or {})}
+    return jwt.encode(claims, private_key(jwk), algorithm=alg or jwk["alg"], headers=all_headers)
+
+
+def id_claims(issuer: str, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "sub": "alice",
+        "aud": "token-service-dev",
+        "iat": now,
+        "exp": now + 600,
+        "email": "alice@example.com",
+        "email_verified": True,
+        "groups": ["chat-users"],
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def problem(resp: requests.Response) -> dict[str, Any]:
+    """The problem+json body, after checking it is one (and leaks no stack trace)."""
+    assert resp.headers["Content-Type"].startswith("application/problem+json"), resp.text
+    body = resp.json()
+    assert body["status"] == resp.status_code
+    assert "Traceback" not in resp.text
+    return body

@@ -1,0 +1,118 @@
+"""The operator's commands, run as real processes: ``check-config`` and ``serve`` (gunicorn)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from devidp.harness import DevIdP
+from tests.support import TWILIO_SECRET
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "token_service.cli"]
+
+
+def dev_config_for(idp: DevIdP, tmp_path: Path) -> Path:
+    text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "TWILIO_API_KEY_SECRET"}
+    full_env.update(env or {})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=60)
+
+
+def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:
+    config = dev_config_for(idp, tmp_path)
+    done = run_cli("check-config", "--config", str(config), env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("configuration is valid: ")
+
+
+def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    text = (ROOT / "dev" / "config.toml").read_text()
+    config.write_text(text.replace('token_ttl = 900', 'token_ttl = 60').replace('"IS0000', '"IX0000'))
+    done = run_cli("check-config", "--config", str(config))
+    assert done.returncode == 2
+    assert "configuration is invalid (3 problem(s)):" in done.stderr
+    assert "twilio.service_sid: 'IX00000000000000000000000000000000': must be a Twilio SID" in done.stderr
+    assert "twilio.token_ttl: 60: Input should be greater than or equal to 180" in done.stderr
+    assert "TWILIO_API_KEY_SECRET: (unset)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_config_uses_the_env_var_for_the_path(idp: DevIdP, tmp_path: Path) -> None:
+    config = dev_config_for(idp, tmp_path)
+    env = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "TOKEN_SERVICE_CONFIG": str(config)}
+    assert run_cli("check-config", env=env).returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn_service(idp: DevIdP, tmp_path: Path) -> Iterator[str]:
+    config = dev_config_for(idp, tmp_path)
+    port = free_port()
+    env = {**os.environ, "TWILIO_API_KEY_SECRET": TWILIO_SECRET}
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            proc.kill()
+            pytest.fail(f"gunicorn did not start: {proc.communicate()[0]}")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert "Traceback" not in out
+        assert TWILIO_SECRET not in out
+
+
+def test_serve_runs_under_gunicorn_with_the_deploy_config(gunicorn_service: str, idp: DevIdP) -> None:
+    id_token = idp.login("bob")["id_token"]
+    resp = requests.post(f"{gunicorn_service}/v1/token", headers={"Authorization": f"Bearer {id_token}"},
+                         timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["role"] == "admin"
+    assert requests.get(f"{gunicorn_service}/readyz", timeout=10).json()["status"] == "ok"
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\ntrusted_proxies = -1\n")
+    done = run_cli("serve", "--config", str(config))
+    assert done.returncode == 2
+    assert "server.trusted_proxies: -1: Input should be greater than or equal to 0" in done.stderr

@@ -1,0 +1,141 @@
+"""Unit tests for the pure mapping core: claims -> identity, access gate, role (design 2.2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from token_service.errors import AccessDenied, InvalidIdentity
+from token_service.mapping import (
+    RESERVED_CHARACTERS,
+    IdentityPolicy,
+    RolePolicy,
+    check_access,
+    choose_role,
+    claim_value,
+    derive_identity,
+    map_claims,
+)
+from token_service.settings import ClaimCondition, RoleRule
+
+pytestmark = pytest.mark.unit
+
+RL_USER = "RL" + "1" * 32
+RL_ADMIN = "RL" + "2" * 32
+EMAIL = IdentityPolicy(source="{email}", reserved="allow", allowed_reserved=frozenset("@"))
+
+
+def cond(claim: str, **kw: object) -> ClaimCondition:
+    return ClaimCondition(claim=claim, **kw)
+
+
+def test_identity_from_verified_email() -> None:
+    claims = {"sub": "u1", "email": "Alice@Example.com", "email_verified": True}
+    assert derive_identity(claims, EMAIL) == "Alice@Example.com"
+
+
+def test_identity_is_case_sensitive_unless_lowercasing_is_on() -> None:
+    claims = {"email": "Alice@Example.com", "email_verified": True}
+    lower = IdentityPolicy(**{**EMAIL.__dict__, "lowercase": True})
+    assert derive_identity(claims, lower) == "alice@example.com"
+
+
+@pytest.mark.parametrize("verified", [False, None, "false", 1])
+def test_email_identity_needs_email_verified(verified: object) -> None:
+    claims = {"email": "a@example.com", "email_verified": verified}
+    with pytest.raises(InvalidIdentity, match="not verified"):
+        derive_identity(claims, EMAIL)
+
+
+def test_email_verified_as_string_true_is_accepted_and_check_can_be_turned_off() -> None:
+    assert derive_identity({"email": "a@x.io", "email_verified": "true"}, EMAIL) == "a@x.io"
+    relaxed = IdentityPolicy(**{**EMAIL.__dict__, "require_email_verified": False})
+    assert derive_identity({"email": "a@x.io"}, relaxed) == "a@x.io"
+
+
+def test_template_and_prefix_and_nested_claims() -> None:
+    policy = IdentityPolicy(source="{tenant.id}-{sub}", prefix="corp.")
+    claims = {"sub": "1234", "tenant": {"id": "eu"}}
+    assert derive_identity(claims, policy) == "corp.eu-1234"
+
+
+def test_literal_claim_names_with_dots_win_over_paths() -> None:
+    claims = {"https://ns.example/groups": ["a"], "https://ns": {"example/groups": ["b"]}}
+    assert claim_value(claims, "https://ns.example/groups") == ["a"]
+
+
+@pytest.mark.parametrize("claims", [{}, {"sub": ""}, {"sub": None}, {"sub": ["x"]}, {"sub": True}])
+def test_missing_or_non_string_identity_claim(claims: dict) -> None:
+    with pytest.raises(InvalidIdentity):
+        derive_identity(claims, IdentityPolicy(source="{sub}"))
+
+
+@pytest.mark.parametrize("ch", list(RESERVED_CHARACTERS))
+def test_each_reserved_character_is_rejected_by_default(ch: str) -> None:
+    with pytest.raises(InvalidIdentity, match="reserved character"):
+        derive_identity({"sub": f"a{ch}b"}, IdentityPolicy(source="{sub}"))
+
+
+def test_allow_policy_allows_only_the_listed_characters() -> None:
+    assert derive_identity({"email": "a@b", "email_verified": True}, EMAIL) == "a@b"
+    with pytest.raises(InvalidIdentity, match="'/'"):
+        derive_identity({"email": "a/b@c", "email_verified": True}, EMAIL)
+
+
+def test_percent_encode_policy_is_deterministic_and_injective() -> None:
+    policy = IdentityPolicy(source="{sub}", reserved="percent-encode")
+    assert derive_identity({"sub": "a:b%c"}, policy) == "a%3Ab%25c"
+    assert derive_identity({"sub": "a:b%c"}, policy) == derive_identity({"sub": "a:b%c"}, policy)
+    assert derive_identity({"sub": "a%3Ab"}, policy) != derive_identity({"sub": "a:b"}, policy)
+
+
+@pytest.mark.parametrize("value", ["a b", "a\tb", "a\nb", "a\x00b", "a\u200bb", "a\u2028b", "\u00a0"])
+def test_whitespace_and_control_characters_are_rejected(value: str) -> None:
+    with pytest.raises(InvalidIdentity, match="whitespace or a control"):
+        derive_identity({"sub": value}, IdentityPolicy(source="{sub}"))
+
+
+def test_length_limit_counts_prefix_and_encoding() -> None:
+    policy = IdentityPolicy(source="{sub}", prefix="p-", max_length=10)
+    assert derive_identity({"sub": "x" * 8}, policy) == "p-" + "x" * 8
+    with pytest.raises(InvalidIdentity, match="11 characters long; the limit is 10"):
+        derive_identity({"sub": "x" * 9}, policy)
+
+
+def test_access_gate_with_equals_one_of_glob_and_lists() -> None:
+    claims = {"email_verified": True, "groups": ["staff", "chat-users"], "org": {"dept": "eng-core"}}
+    check_access(claims, [cond("email_verified", equals=True)])
+    check_access(claims, [cond("groups", one_of=["chat-users", "chat-admins"])])
+    check_access(claims, [cond("org.dept", glob="eng-*")])
+    with pytest.raises(AccessDenied, match="'groups'"):
+        check_access(claims, [cond("groups", equals="chat-admins")])
+    with pytest.raises(AccessDenied):
+        check_access(claims, [cond("missing.path", equals="x")])
+
+
+def test_equals_is_type_strict() -> None:
+    with pytest.raises(AccessDenied):
+        check_access({"email_verified": "true"}, [cond("email_verified", equals=True)])
+    with pytest.raises(AccessDenied):
+        check_access({"level": 1}, [cond("level", equals=True)])
+
+
+def test_roles_first_match_wins_then_default_then_403() -> None:
+    rules = [
+        RoleRule(claim="groups", equals="chat-admins", role="admin"),
+        RoleRule(claim="groups", glob="chat-*", role="user"),
+    ]
+    policy = RolePolicy(rules=rules, sids={"admin": RL_ADMIN, "user": RL_USER})
+    assert choose_role({"groups": ["chat-users", "chat-admins"]}, policy) == ("admin", RL_ADMIN)
+    assert choose_role({"groups": ["chat-users"]}, policy) == ("user", RL_USER)
+    with pytest.raises(AccessDenied, match="no role rule matches"):
+        choose_role({"groups": []}, policy)
+    with_default = RolePolicy(rules=rules, sids=policy.sids, default="user")
+    assert choose_role({}, with_default) == ("user", RL_USER)
+
+
+def test_map_claims_runs_gate_identity_and_role() -> None:
+    policy = RolePolicy(rules=[], sids={"user": RL_USER}, default="user")
+    mapped = map_claims({"sub": "s1"}, IdentityPolicy(source="{sub}"), [], policy)
+    assert (mapped.identity, mapped.role, mapped.role_sid) == ("s1", "user", RL_USER)
+    with pytest.raises(AccessDenied):
+        map_claims({"sub": "s1"}, IdentityPolicy(source="{sub}"), [cond("x", equals=1)], policy)

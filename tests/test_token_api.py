@@ -1,0 +1,112 @@
+"""``POST /v1/token`` happy paths over real HTTP with tokens from the real oidc-provider."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from devidp.harness import DevIdP
+from tests.support import (
+    ACCOUNT_SID,
+    API_KEY_SID,
+    CR_IOS,
+    RL_ADMIN,
+    RL_USER,
+    SERVICE_SID,
+    TWILIO_SECRET,
+    RunningService,
+    problem,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def decode_twilio(token: str) -> dict:
+    return jwt.decode(token, TWILIO_SECRET, algorithms=["HS256"])
+
+
+def test_rs256_id_token_gets_a_twilio_token(idp: DevIdP, service: RunningService) -> None:
+    id_token = idp.login("alice")["id_token"]
+    assert jwt.get_unverified_header(id_token)["alg"] == "RS256"
+    resp = service.post_token(id_token)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = resp.json()
+    assert set(body) == {"token", "identity", "role", "role_sid", "expires_in", "expires_at"}
+    assert (body["identity"], body["role"], body["role_sid"]) == ("alice@example.com", "user", RL_USER)
+    assert body["expires_in"] == 900
+    claims = decode_twilio(body["token"])
+    assert claims["iss"] == API_KEY_SID and claims["sub"] == ACCOUNT_SID
+    assert claims["grants"] == {
+        "identity": "alice@example.com",
+        "chat": {"service_sid": SERVICE_SID, "deployment_role_sid": RL_USER},
+    }
+    assert claims["exp"] - claims["iat"] == 900
+    assert abs(claims["iat"] - time.time()) < 30
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims["exp"])) == body["expires_at"]
+
+
+def test_es256_id_token_and_admin_role(idp: DevIdP, service: RunningService) -> None:
+    id_token = idp.login("bob", client_id="token-service-es256")["id_token"]
+    assert jwt.get_unverified_header(id_token)["alg"] == "ES256"
+    resp = service.post_token(id_token)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["identity"], body["role"], body["role_sid"]) == ("bob@example.com", "admin", RL_ADMIN)
+    assert decode_twilio(body["token"])["grants"]["chat"]["deployment_role_sid"] == RL_ADMIN
+
+
+def test_jwt_access_token_from_resource_indicators(idp: DevIdP, service: RunningService) -> None:
+    tokens = idp.login("bob", resource=idp.resource)
+    access_token = tokens["access_token"]
+    assert jwt.get_unverified_header(access_token)["typ"] == "at+jwt"
+    resp = service.post_token(access_token)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["identity"] == "bob@example.com"
+    assert resp.json()["role"] == "admin"
+
+
+def test_platform_selects_the_push_credential(idp: DevIdP, service: RunningService) -> None:
+    id_token = idp.login("alice")["id_token"]
+    ios = service.post_token(id_token, json={"platform": "ios"})
+    assert ios.status_code == 200, ios.text
+    assert decode_twilio(ios.json()["token"])["grants"]["chat"]["push_credential_sid"] == CR_IOS
+    android = service.post_token(id_token, json={"platform": "android"})
+    assert "push_credential_sid" not in decode_twilio(android.json()["token"])["grants"]["chat"]
+    bad = service.post_token(id_token, json={"platform": "blackberry"})
+    assert bad.status_code == 400 and problem(bad)["type"] == "invalid_request"
+
+
+def test_every_token_has_a_unique_jti(idp: DevIdP, service: RunningService) -> None:
+    id_token = idp.login("alice")["id_token"]
+    jtis = {decode_twilio(service.post_token(id_token).json()["token"])["jti"] for _ in range(5)}
+    assert len(jtis) == 5
+    assert all(j.startswith(API_KEY_SID + "-") for j in jtis)
+
+
+def test_unverified_email_is_refused(idp: DevIdP, service: RunningService) -> None:
+    resp = service.post_token(idp.login("carol")["id_token"])
+    assert resp.status_code == 403
+    body = problem(resp)
+    assert body["type"] == "invalid_identity" and "not verified" in body["detail"]
+
+
+def test_health_and_readiness(service: RunningService, idp: DevIdP) -> None:
+    assert service.get("/healthz").json() == {"status": "ok"}
+    ready = service.get("/readyz")
+    assert ready.status_code == 200
+    state = ready.json()
+    assert state["status"] == "ok"
+    assert state["issuers"]["test"]["state"] == "fresh"
+    assert state["issuers"]["test"]["keys"] == len(idp.keys)
+    assert state["issuers"]["test"]["age_seconds"] >= 0
+
+
+def test_unknown_paths_and_methods_are_problems(service: RunningService) -> None:
+    missing = service.get("/nope")
+    assert missing.status_code == 404 and problem(missing)["type"] == "not_found"
+    wrong = service.get("/v1/token")
+    assert wrong.status_code == 405 and problem(wrong)["type"] == "method_not_allowed"
+    assert "POST" in wrong.headers["Allow"]

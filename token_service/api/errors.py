@@ -1,0 +1,83 @@
+"""Every error leaves as RFC 9457 ``application/problem+json``, rendered here and only here.
+
+``type`` is the stable code of the design (``invalid_token``, ``access_denied`` ...); the OAuth
+members ``error`` / ``error_description`` are added because OAuth clients read them (RFC 9457
+allows extension members). Unexpected exceptions become a bare 500 problem: no stack trace, no
+echo of the request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from token_service.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    MissingToken,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+)
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+REALM = "token-service"
+
+
+def problem_response(err: ServiceError) -> Response:
+    body = {
+        "type": err.type,
+        "title": err.title,
+        "status": err.status,
+        "detail": err.detail,
+        "error": err.type,
+        "error_description": err.detail,
+    }
+    resp = Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON)
+    resp.headers["Cache-Control"] = "no-store"
+    for name, value in err.headers.items():
+        resp.headers[name] = value
+    if err.status == 401 and err.type == "invalid_token":
+        # RFC 6750 3: no error code when the request carried no credentials at all.
+        challenge = f'Bearer realm="{REALM}"'
+        if not isinstance(err, MissingToken):
+            challenge += f', error="invalid_token", error_description="{err.title}"'
+        resp.headers["WWW-Authenticate"] = challenge
+    return resp
+
+
+_HTTP_ERRORS: dict[int, type[ServiceError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def _from_http_exception(exc: HTTPException) -> Response:
+    cls = _HTTP_ERRORS.get(exc.code or 500)
+    if cls is None:
+        return problem_response(ServiceError("the request could not be processed"))
+    detail = {
+        404: "no such endpoint; see /openapi.json",
+        405: "this endpoint does not accept that method",
+        413: "the request body is too large",
+    }.get(exc.code or 0, "the request is malformed")
+    resp = problem_response(cls(detail))
+    if exc.code == 405 and isinstance(exc.valid_methods, list):
+        resp.headers["Allow"] = ", ".join(exc.valid_methods)
+    return resp
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    return problem_response(ServiceError("an internal error occurred; it has been logged"))
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ServiceError, problem_response)
+    app.register_error_handler(HTTPException, _from_http_exception)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,30 @@
+"""``create_app(settings)``: wiring only. Importing this module has no side effects."""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from token_service.api import health, tokens
+from token_service.api.errors import register_error_handlers
+from token_service.issuance import TokenIssuer
+from token_service.settings import Settings
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build the WSGI app for ``settings``; tests call this with their own settings."""
+    app = Flask("token_service")
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["token_service.settings"] = settings
+    app.extensions["token_service.issuer"] = TokenIssuer(settings)
+    register_error_handlers(app)
+    app.register_blueprint(tokens.bp)
+    app.register_blueprint(health.bp)
+    hops = settings.server.trusted_proxies
+    if hops:
+        # X-Forwarded-* is honoured only through the configured number of trusted proxies.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+    return app

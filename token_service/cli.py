@@ -1,0 +1,100 @@
+"""``token-service serve | check-config``: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+from token_service.errors import ConfigError
+from token_service.settings import CONFIG_ENV, Settings, load_settings
+
+GUNICORN_CONFIG_ENV = "TOKEN_SERVICE_GUNICORN_CONFIG"
+DEFAULT_GUNICORN_CONFIG = Path("deploy/gunicorn.conf.py")
+
+
+def _load_or_exit(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_config(args: argparse.Namespace) -> int:
+    settings = _load_or_exit(args.config)
+    where = args.config or os.environ.get(CONFIG_ENV)
+    print(
+        f"configuration is valid: {where} "
+        f"({len(settings.issuers)} issuer(s), {len(settings.roles.sids)} role(s), "
+        f"store {settings.store.url.split('://')[0]}://, token ttl {settings.twilio.token_ttl}s)"
+    )
+    return 0
+
+
+def _gunicorn_options(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise SystemExit(f"gunicorn config {path} not found")
+    return {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("_")}
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run under gunicorn with ``deploy/gunicorn.conf.py`` (or ``--gunicorn-config``)."""
+    from gunicorn.app.base import BaseApplication
+
+    from token_service.app import create_app
+    from token_service.logs import configure_logging
+
+    settings = _load_or_exit(args.config)
+    chosen = args.gunicorn_config or os.environ.get(GUNICORN_CONFIG_ENV)
+    if chosen is None and DEFAULT_GUNICORN_CONFIG.is_file():
+        chosen = str(DEFAULT_GUNICORN_CONFIG)
+    options = _gunicorn_options(Path(chosen) if chosen else None)
+    if args.bind:
+        options["bind"] = [args.bind]
+    if args.workers:
+        options["workers"] = args.workers
+    configure_logging()
+    app = create_app(settings)
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if key.lower() in self.cfg.settings and value is not None:
+                    self.cfg.set(key.lower(), value)
+
+        def load(self) -> Any:
+            return app
+
+    Server().run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="token-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate the configuration and the secrets it needs")
+    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+    p.set_defaults(func=check_config)
+
+    p = sub.add_parser("serve", help="run the service under gunicorn")
+    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+    p.add_argument("--gunicorn-config", help=f"default: ${GUNICORN_CONFIG_ENV} or {DEFAULT_GUNICORN_CONFIG}")
+    p.add_argument("--bind", help="override the bind address, e.g. 127.0.0.1:8000")
+    p.add_argument("--workers", type=int, help="override the number of worker processes")
+    p.set_defaults(func=serve)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

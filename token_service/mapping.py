@@ -1,0 +1,196 @@
+"""Claims -> Conversations identity, access gate and role (design 2.2). Pure: no Flask, no I/O.
+
+The identity rules come from Twilio's pages (seeds 000/001/004): one identity per person on every
+device, case-sensitive, no reserved URI characters unless the operator allows them, bounded
+length. Twilio bills per active identity, so the mapping is deterministic: the same claims always
+give the same identity.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal, Protocol
+
+from token_service.errors import AccessDenied, InvalidIdentity
+
+RESERVED_CHARACTERS = "!*'();:@&=+$,/?%#[]"
+ReservedPolicy = Literal["reject", "allow", "percent-encode"]
+
+_MISSING = object()
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+
+
+class Condition(Protocol):
+    """What a claim test needs (``settings.ClaimCondition`` satisfies it)."""
+
+    claim: str
+    equals: Any
+    one_of: Sequence[Any] | None
+    glob: str | None
+
+
+class Rule(Condition, Protocol):
+    role: str
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """The global identity rules plus one issuer's source, prefix and email rule."""
+
+    source: str  # a template such as "{email}" or "{sub}"
+    prefix: str = ""
+    require_email_verified: bool = True
+    max_length: int = 256
+    reserved: ReservedPolicy = "reject"
+    allowed_reserved: frozenset[str] = frozenset()
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    rules: Sequence[Rule]
+    sids: Mapping[str, str]
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class Mapped:
+    identity: str
+    role: str
+    role_sid: str
+
+
+def claim_value(claims: Mapping[str, Any], path: str) -> Any:
+    """The claim at ``path``: a literal name first (``https://ns/groups``), else a dotted path."""
+    if path in claims:
+        return claims[path]
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    """Equality that does not let ``True == 1`` or ``"1" == 1`` through."""
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return type(actual) is type(expected) and actual == expected
+    if isinstance(actual, int | float) and isinstance(expected, int | float):
+        return actual == expected
+    return type(actual) is type(expected) and actual == expected
+
+
+def _scalar_matches(value: Any, cond: Condition) -> bool:
+    if cond.equals is not None:
+        return _same(value, cond.equals)
+    if cond.one_of is not None:
+        return any(_same(value, option) for option in cond.one_of)
+    if cond.glob is not None:
+        return isinstance(value, str) and fnmatchcase(value, cond.glob)
+    return False
+
+
+def condition_holds(claims: Mapping[str, Any], cond: Condition) -> bool:
+    """True when the claim exists and it (or, for a list, any element) satisfies ``cond``."""
+    value = claim_value(claims, cond.claim)
+    if value is _MISSING:
+        return False
+    if isinstance(value, list):
+        return any(_scalar_matches(item, cond) for item in value)
+    return _scalar_matches(value, cond)
+
+
+def check_access(claims: Mapping[str, Any], requirements: Sequence[Condition]) -> None:
+    """Raise ``AccessDenied`` naming the first requirement the caller does not meet."""
+    for cond in requirements:
+        if not condition_holds(claims, cond):
+            raise AccessDenied(
+                f"the claim {cond.claim!r} does not meet this service's access requirements"
+            )
+
+
+def choose_role(claims: Mapping[str, Any], policy: RolePolicy) -> tuple[str, str]:
+    """The first matching rule's role, else the default; ``AccessDenied`` when neither exists."""
+    for rule in policy.rules:
+        if condition_holds(claims, rule):
+            return rule.role, policy.sids[rule.role]
+    if policy.default is not None:
+        return policy.default, policy.sids[policy.default]
+    raise AccessDenied("no role rule matches this user and no default role is configured")
+
+
+def _is_true(value: Any) -> bool:
+    # Some IdPs (Amazon Cognito, older Keycloak mappers) send the boolean as a string.
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _encode_reserved(value: str, policy: IdentityPolicy) -> str:
+    out = []
+    for ch in value:
+        if ch in RESERVED_CHARACTERS and ch not in policy.allowed_reserved:
+            if policy.reserved != "percent-encode":
+                raise InvalidIdentity(
+                    f"the identity contains the reserved character {ch!r}; Twilio recommends "
+                    "against it (configure identity.reserved_characters to allow or encode it)"
+                )
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def validate_identity(identity: str, policy: IdentityPolicy) -> None:
+    """Conversations rules on a finished identity: non-empty, printable, no spaces, bounded."""
+    if not identity:
+        raise InvalidIdentity("the identity is empty")
+    for ch in identity:
+        if ch.isspace() or unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"}:
+            raise InvalidIdentity("the identity contains whitespace or a control character")
+    if len(identity) > policy.max_length:
+        raise InvalidIdentity(
+            f"the identity is {len(identity)} characters long; the limit is {policy.max_length}"
+        )
+
+
+def _render_source(claims: Mapping[str, Any], source: str) -> str:
+    def field(match: re.Match[str]) -> str:
+        name = match.group(1)
+        value = claim_value(claims, name)
+        if value is _MISSING or value is None or value == "":
+            raise InvalidIdentity(f"the token has no {name!r} claim to build the identity from")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidIdentity(f"the {name!r} claim is not a string")
+        return str(value)
+
+    return _TEMPLATE_FIELD.sub(field, source)
+
+
+def derive_identity(claims: Mapping[str, Any], policy: IdentityPolicy) -> str:
+    """Build, check and return the Conversations identity for these (verified) claims."""
+    if policy.require_email_verified and "email" in _TEMPLATE_FIELD.findall(policy.source):
+        if not _is_true(claims.get("email_verified")):
+            raise InvalidIdentity("the email address is not verified (email_verified is not true)")
+    value = _render_source(claims, policy.source)
+    if policy.lowercase:
+        value = value.lower()
+    identity = policy.prefix + _encode_reserved(value, policy)
+    validate_identity(identity, policy)
+    return identity
+
+
+def map_claims(
+    claims: Mapping[str, Any],
+    identity_policy: IdentityPolicy,
+    requirements: Sequence[Condition],
+    role_policy: RolePolicy,
+) -> Mapped:
+    """The whole mapping step: access gate, then identity, then role."""
+    check_access(claims, requirements)
+    identity = derive_identity(claims, identity_policy)
+    role, role_sid = choose_role(claims, role_policy)
+    return Mapped(identity=identity, role=role, role_sid=role_sid)

@@ -1,0 +1,390 @@
+"""Typed configuration: one TOML file for settings, environment variables (or files) for secrets.
+
+Everything is validated at load time and every problem is reported as ``key: value: rule`` in one
+``ConfigError``, so ``token-service check-config`` can tell an operator exactly what to fix
+(design section 4). Secrets never live in the TOML file: a secret-looking key there is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from token_service.errors import ConfigError
+from token_service.mapping import RESERVED_CHARACTERS, IdentityPolicy, RolePolicy
+
+CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
+API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
+
+MIN_TOKEN_TTL = 3 * 60
+MAX_TOKEN_TTL = 24 * 60 * 60
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+
+def _sid(prefix: str) -> Any:
+    return Annotated[str, StringConstraints(pattern=rf"^{prefix}[0-9a-fA-F]{{32}}$")]
+
+
+AccountSid = _sid("AC")
+ApiKeySid = _sid("SK")
+ServiceSid = _sid("IS")
+RoleSid = _sid("RL")
+CredentialSid = _sid("CR")
+
+
+def _loopback(host: str | None) -> bool:
+    return host in {"localhost", "127.0.0.1", "::1"}
+
+
+def _check_url(value: str) -> str:
+    """An https URL, or http on loopback (development IdPs); no fragment, no credentials."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError("must be an absolute https URL")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError("must use https (plain http is allowed for localhost only)")
+    if parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a fragment or credentials")
+    return value
+
+
+Url = Annotated[str, AfterValidator(_check_url)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """``[server]``: how the service is reached and what sits in front of it."""
+
+    public_url: Url = "http://127.0.0.1:8000"
+    trusted_proxies: int = Field(0, ge=0, le=10)
+    cors_origins: list[str] = []
+    dev_mode: bool = False
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+
+
+class StoreSettings(_Section):
+    """``[store]``: ``memory://`` (one process) or Redis; used from the refresh-token issue on."""
+
+    url: str = "memory://"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        schemes = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
+        if urlsplit(value).scheme not in schemes:
+            raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+        return value
+
+
+class TwilioSettings(_Section):
+    """``[twilio]``: what the minted Access Token names and how long it lives (design 2.3)."""
+
+    account_sid: AccountSid
+    api_key_sid: ApiKeySid
+    service_sid: ServiceSid
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}[0-9]$")] | None = None
+    token_ttl: int = Field(900, ge=MIN_TOKEN_TTL, le=MAX_TOKEN_TTL)
+    include_nbf: bool = False
+    push_credentials: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], CredentialSid
+    ] = {}
+
+
+class ClaimCondition(_Section):
+    """A test on one claim: exactly one of ``equals``, ``one_of``, ``glob``.
+
+    ``claim`` is a claim name or a dotted path into nested objects; when the claim holds a list,
+    the condition holds if any element satisfies it.
+    """
+
+    claim: Annotated[str, StringConstraints(min_length=1)]
+    equals: str | int | float | bool | None = None
+    one_of: list[str | int | float | bool] | None = None
+    glob: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ClaimCondition:
+        given = [n for n in ("equals", "one_of", "glob") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("needs exactly one of equals, one_of, glob")
+        return self
+
+
+class RoleRule(ClaimCondition):
+    role: str
+
+
+class IssuerSettings(_Section):
+    """``[[issuers]]``: one trusted OpenID Provider and how its claims become an identity."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    issuer: Url
+    audiences: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+    algorithms: list[Literal[ASYMMETRIC_ALGORITHMS]] = Field(  # type: ignore[valid-type]
+        ["RS256", "ES256"], min_length=1
+    )
+    jwks_uri: Url | None = None
+    jwks_file: str | None = None
+    leeway: int = Field(30, ge=0, le=300)
+    jwks_ttl: int = Field(600, ge=5, le=86400)
+    jwks_refetch_cooldown: int = Field(30, ge=1, le=3600)
+    jwks_max_stale: int = Field(86400, ge=5, le=7 * 86400)
+    http_timeout: float = Field(3.0, gt=0, le=30)
+    identity_claim: str | None = None
+    identity_template: str | None = None
+    identity_prefix: str = ""
+    require_email_verified: bool = True
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _asymmetric_only(cls, value: Any) -> Any:
+        for alg in value if isinstance(value, list) else []:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(
+                    f"{alg!r} is not allowed: only asymmetric algorithms "
+                    f"({', '.join(ASYMMETRIC_ALGORITHMS)})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IssuerSettings:
+        if self.identity_claim and self.identity_template:
+            raise ValueError("set identity_claim or identity_template, not both")
+        if self.jwks_uri and self.jwks_file:
+            raise ValueError("set jwks_uri or jwks_file, not both")
+        if self.jwks_max_stale < self.jwks_ttl:
+            raise ValueError("jwks_max_stale must be at least jwks_ttl")
+        if self.identity_template is not None and not re.search(r"\{[^{}]+\}", self.identity_template):
+            raise ValueError("identity_template must reference at least one claim, e.g. '{sub}'")
+        return self
+
+    @property
+    def identity_source(self) -> str:
+        """The template that builds the identity; a plain claim is the template ``{claim}``."""
+        if self.identity_template:
+            return self.identity_template
+        return "{" + (self.identity_claim or "sub") + "}"
+
+
+class IdentitySettings(_Section):
+    """``[identity]``: the Conversations identity rules (seeds 000/001/004, design 2.2)."""
+
+    max_length: int = Field(256, ge=1, le=1024)
+    reserved_characters: Literal["reject", "allow", "percent-encode"] = "reject"
+    allowed_reserved: list[str] = []
+    lowercase: bool = False
+
+    @field_validator("allowed_reserved")
+    @classmethod
+    def _reserved_only(cls, value: list[str]) -> list[str]:
+        for ch in value:
+            if ch not in RESERVED_CHARACTERS:
+                raise ValueError(f"{ch!r} is not one of the reserved characters {RESERVED_CHARACTERS}")
+        return value
+
+    @model_validator(mode="after")
+    def _policy_and_list_agree(self) -> IdentitySettings:
+        if self.reserved_characters == "allow" and not self.allowed_reserved:
+            raise ValueError("reserved_characters = 'allow' needs the explicit allowed_reserved list")
+        if self.reserved_characters == "reject" and self.allowed_reserved:
+            raise ValueError("allowed_reserved needs reserved_characters = 'allow' or 'percent-encode'")
+        return self
+
+
+class AccessSettings(_Section):
+    """``[access]``: claims every caller must satisfy before any token is minted."""
+
+    require: list[ClaimCondition] = []
+
+
+class RolesSettings(_Section):
+    """``[roles]``: ordered rules from claims to a role name; each name maps to an ``RL`` SID."""
+
+    sids: dict[str, RoleSid] = Field(min_length=1)
+    rules: list[RoleRule] = []
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> RolesSettings:
+        for i, rule in enumerate(self.rules):
+            if rule.role not in self.sids:
+                raise ValueError(f"rules[{i}].role {rule.role!r} is not a key of roles.sids")
+        if self.default is not None and self.default not in self.sids:
+            raise ValueError(f"default {self.default!r} is not a key of roles.sids")
+        return self
+
+
+class Secrets(BaseModel):
+    """Secrets, read from the environment (``NAME``) or a file (``NAME_FILE``), never from TOML."""
+
+    model_config = ConfigDict(frozen=True)
+
+    twilio_api_key_secret: SecretStr
+
+    @field_validator("twilio_api_key_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        # Twilio API key secrets are 32 characters; anything shorter is a paste error.
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (a Twilio API key secret is 32)")
+        return value
+
+
+class Settings(_Section):
+    """The whole configuration, as the application factory takes it."""
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    twilio: TwilioSettings
+    issuers: list[IssuerSettings] = Field(min_length=1)
+    identity: IdentitySettings = IdentitySettings()
+    access: AccessSettings = AccessSettings()
+    roles: RolesSettings
+    secrets: Secrets
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> Settings:
+        for attr in ("name", "issuer"):
+            values = [getattr(i, attr) for i in self.issuers]
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"issuers: {attr} must be unique, repeated: {', '.join(dupes)}")
+        for issuer in self.issuers:
+            prefix = issuer.identity_prefix
+            bad = [c for c in prefix if c.isspace() or not c.isprintable()]
+            bad += [c for c in prefix if c in RESERVED_CHARACTERS
+                    and c not in self.identity.allowed_reserved]
+            if bad:
+                raise ValueError(
+                    f"issuers[{issuer.name}].identity_prefix {prefix!r}: the character {bad[0]!r} "
+                    "is not allowed in an identity (use letters, digits, '-', '_' or '.')"
+                )
+        return self
+
+    def identity_policy(self, issuer: IssuerSettings) -> IdentityPolicy:
+        """The mapping rules for identities coming from ``issuer``."""
+        return IdentityPolicy(
+            source=issuer.identity_source,
+            prefix=issuer.identity_prefix,
+            require_email_verified=issuer.require_email_verified,
+            max_length=self.identity.max_length,
+            reserved=self.identity.reserved_characters,
+            allowed_reserved=frozenset(self.identity.allowed_reserved),
+            lowercase=self.identity.lowercase,
+        )
+
+    def role_policy(self) -> RolePolicy:
+        return RolePolicy(rules=self.roles.rules, sids=self.roles.sids, default=self.roles.default)
+
+
+_SECRET_KEY = re.compile(r"secret|password|private_key", re.IGNORECASE)
+
+
+def read_secret(name: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """``NAME`` from the environment, else the stripped content of the file ``NAME_FILE``."""
+    if environ.get(name):
+        return environ[name]
+    path = environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError([f"{name}_FILE: {path!r}: cannot be read ({exc.strerror})"]) from exc
+    return None
+
+
+def _secret_keys_in(data: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _SECRET_KEY.search(str(key)) and not isinstance(value, dict | list):
+                found.append(f"{where}: (hidden): secrets must come from environment variables "
+                             "or *_FILE files, never from the TOML file")
+            found.extend(_secret_keys_in(value, where))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            found.extend(_secret_keys_in(item, f"{path}[{i}]"))
+    return found
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
+        loc = loc.replace(".[", "[")
+        if loc.startswith("secrets.twilio_api_key_secret") and err["type"] != "missing":
+            problems.append(f"{API_KEY_SECRET_ENV}: (hidden): {err['msg'].removeprefix('Value error, ')}")
+            continue
+        if loc.startswith("secrets.twilio_api_key_secret"):
+            problems.append(
+                f"{API_KEY_SECRET_ENV}: (unset): the Twilio API key secret must be set in the "
+                f"environment variable {API_KEY_SECRET_ENV} or a file named by "
+                f"{API_KEY_SECRET_ENV}_FILE"
+            )
+            continue
+        value = err.get("input")
+        shown = "(missing)" if err["type"] == "missing" else repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message = err["msg"].removeprefix("Value error, ")
+        sid = re.fullmatch(r"\^([A-Z]{2})\[0-9a-fA-F\]\{32\}\$", str(err.get("ctx", {}).get("pattern", "")))
+        if sid:
+            message = f"must be a Twilio SID: '{sid.group(1)}' followed by 32 hexadecimal digits"
+        problems.append(f"{loc or '(top level)'}: {shown}: {message}")
+    return problems
+
+
+def settings_from_dict(
+    data: dict[str, Any], environ: dict[str, str] | os._Environ[str] = os.environ
+) -> Settings:
+    """Validate a parsed TOML document plus secrets from ``environ``; raise one ``ConfigError``."""
+    problems = _secret_keys_in(data)
+    if problems:
+        raise ConfigError(problems)
+    secret = read_secret(API_KEY_SECRET_ENV, environ)
+    document = dict(data)
+    document["secrets"] = {"twilio_api_key_secret": secret} if secret else {}
+    try:
+        return Settings.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | os._Environ[str] = os.environ,
+) -> Settings:
+    """Load ``path`` (or ``$TOKEN_SERVICE_CONFIG``) and validate it."""
+    chosen = path or environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError([f"--config / {CONFIG_ENV}: (unset): name the TOML configuration file"])
+    try:
+        with open(chosen, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError([f"config file: {str(chosen)!r}: cannot be read ({exc.strerror})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file: {str(chosen)!r}: not valid TOML ({exc})"]) from exc
+    return settings_from_dict(data, environ)

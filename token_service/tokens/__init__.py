@@ -1,0 +1,1 @@
+"""Tokens this service issues: the Twilio Access Token (``access``) and refresh tokens."""
