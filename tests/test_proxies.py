@@ -32,7 +32,12 @@ def issued_client_ip(caplog: pytest.LogCaptureFixture, svc, token: str, forwarde
     ],
 )
 def test_client_ip_through_trusted_proxies(
-    caplog: pytest.LogCaptureFixture, idp: DevIdP, rsa_key: dict, hops: int, forwarded: str | None, expected: str
+    caplog: pytest.LogCaptureFixture,
+    idp: DevIdP,
+    rsa_key: dict,
+    hops: int,
+    forwarded: str | None,
+    expected: str,
 ) -> None:
     data = config_dict(idp.issuer)
     data["server"] = {"trusted_proxies": hops}

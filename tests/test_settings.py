@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import TWILIO_SECRET, config_dict
 from token_service.errors import ConfigError
 from token_service.settings import load_settings, settings_from_dict
-from tests.support import TWILIO_SECRET, config_dict
 
 pytestmark = pytest.mark.unit
 
@@ -105,10 +105,12 @@ def test_conditions_need_exactly_one_test() -> None:
 
 
 def test_secrets_come_from_env_or_file_never_toml(tmp_path: Path) -> None:
-    assert any("TWILIO_API_KEY_SECRET" in p and "environment" in p for p in problems(config_dict(ISSUER), env={}))
+    unset = problems(config_dict(ISSUER), env={})
+    assert any("TWILIO_API_KEY_SECRET" in p and "environment" in p for p in unset)
     secret_file = tmp_path / "secret"
     secret_file.write_text(TWILIO_SECRET + "\n")
-    settings = settings_from_dict(config_dict(ISSUER), environ={"TWILIO_API_KEY_SECRET_FILE": str(secret_file)})
+    env = {"TWILIO_API_KEY_SECRET_FILE": str(secret_file)}
+    settings = settings_from_dict(config_dict(ISSUER), environ=env)
     assert settings.secrets.twilio_api_key_secret.get_secret_value() == TWILIO_SECRET
     in_toml = with_("twilio.api_key_secret", "oops-this-is-a-secret")
     found = problems(in_toml)
@@ -118,7 +120,9 @@ def test_secrets_come_from_env_or_file_never_toml(tmp_path: Path) -> None:
 
 def test_short_secret_is_rejected_without_showing_it() -> None:
     found = problems(config_dict(ISSUER), env={"TWILIO_API_KEY_SECRET": "short-secret"})
-    assert found == ["TWILIO_API_KEY_SECRET: (hidden): must be at least 32 characters (a Twilio API key secret is 32)"]
+    assert found == [
+        "TWILIO_API_KEY_SECRET: (hidden): must be at least 32 characters (a Twilio API key secret is 32)"
+    ]
 
 
 def test_identity_policy_rules() -> None:
