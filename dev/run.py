@@ -50,7 +50,14 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
     raise SystemExit(f"{url} did not come up within {timeout:.0f}s")
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Explicit handlers: a launcher started in the background inherits SIGINT as ignored.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     env = dict(os.environ)
     # A throwaway signing secret: the dev SIDs are fake, so Twilio would refuse these tokens anyway.
     env.setdefault("TWILIO_API_KEY_SECRET", secrets.token_hex(32))
