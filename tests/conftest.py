@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from devidp.harness import DevIdP, generate_keys
+from tests.redis_servers import RedisCluster, RedisServer
 from tests.support import RunningService, config_dict, running, settings_for
 
 
@@ -31,3 +32,17 @@ def rsa_key(idp: DevIdP) -> dict:
 @pytest.fixture(scope="session")
 def ec_key(idp: DevIdP) -> dict:
     return next(k for k in idp.keys if k["alg"] == "ES256")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, shared; tests flush it and may kill/restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three real masters with the slots split between them."""
+    with RedisCluster(masters=3) as cluster:
+        yield cluster

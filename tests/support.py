@@ -45,6 +45,8 @@ def config_dict(issuer: str, **issuer_overrides: Any) -> dict[str, Any]:
             }
         ],
         "identity": {"reserved_characters": "allow", "allowed_reserved": ["@"]},
+        # Limits get their own tests; elsewhere they would only make tests depend on each other.
+        "rate_limits": {"enabled": False},
         "roles": {
             "sids": {"user": RL_USER, "admin": RL_ADMIN},
             "rules": [{"claim": "groups", "equals": "chat-admins", "role": "admin"}],

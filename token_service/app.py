@@ -9,16 +9,21 @@ from token_service.api import health, tokens
 from token_service.api.errors import register_error_handlers
 from token_service.issuance import TokenIssuer
 from token_service.settings import Settings
+from token_service.store import Store, open_store
 
 
-def create_app(settings: Settings) -> Flask:
-    """Build the WSGI app for ``settings``; tests call this with their own settings."""
+def create_app(settings: Settings, store: Store | None = None) -> Flask:
+    """Build the WSGI app for ``settings``; tests call this with their own settings.
+
+    The store client connects lazily, so building the app (in gunicorn's master, before the
+    fork) opens no connection that workers would share.
+    """
     app = Flask("token_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["token_service.settings"] = settings
-    app.extensions["token_service.issuer"] = TokenIssuer(settings)
-    register_error_handlers(app)
+    app.extensions["token_service.issuer"] = TokenIssuer(settings, store or open_store(settings))
+    register_error_handlers(app, store_retry_after=settings.store.retry_after)
     app.register_blueprint(tokens.bp)
     app.register_blueprint(health.bp)
     hops = settings.server.trusted_proxies

@@ -1,7 +1,8 @@
-"""The token path: verified proof -> mapped identity and role -> Twilio Access Token.
+"""The token path: proof -> mapped identity and role -> rate limit -> tokens (design section 2).
 
-Framework-free orchestration of ``authn``, ``mapping`` and ``tokens``, so the blueprint stays a
-thin adapter and later proofs (browser session, refresh token) reuse the same minting step.
+Framework-free orchestration of ``authn``, ``mapping``, ``ratelimit``, ``store`` and ``tokens``,
+so the blueprint stays a thin adapter. Each request costs one store round trip: the rate-limit
+check and the family write (or rotation, or revocation) happen in the same atomic call.
 """
 
 from __future__ import annotations
@@ -10,30 +11,50 @@ import logging
 from dataclasses import dataclass
 
 from token_service.authn.bearer import BearerVerifier
-from token_service.errors import InvalidRequest
+from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
+from token_service.ratelimit import RateLimiter, rate_limit_headers
 from token_service.settings import Settings
+from token_service.store.base import Bucket, Family, FamilyLifetimes, LimitDecision, Store, StoreUnavailable
 from token_service.tokens.access import ChatAccess, MintedToken, TwilioKey, mint_access_token
+from token_service.tokens.refresh import (
+    identity_tag,
+    mint_refresh_token,
+    new_family_id,
+    parse_refresh_token,
+)
 
 audit = logging.getLogger("token_service.audit")
 
 KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
+INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"
 
 
 @dataclass(frozen=True)
 class IssuedToken:
     access: MintedToken
     mapped: Mapped
-    issuer: str
-    subject: str
+    refresh_token: str
+    refresh_expires_at: int
+    limits: LimitDecision
+
+
+def _refuse_if_limited(limits: LimitDecision) -> None:
+    if not limits.allowed:
+        raise RateLimited(
+            f"too many requests; retry in {max(1, limits.retry_after)} s",
+            headers=rate_limit_headers(limits),
+        )
 
 
 class TokenIssuer:
-    """Holds what minting needs (keys, policies) once, so each request only does the work."""
+    """Holds what minting needs (keys, policies, store) once, so each request only does the work."""
 
-    def __init__(self, settings: Settings, verifier: BearerVerifier | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, verifier: BearerVerifier | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.verifier = verifier or BearerVerifier(settings.issuers)
+        self.limiter = RateLimiter(settings.rate_limits)
         twilio = settings.twilio
         self.twilio_key = TwilioKey(
             account_sid=twilio.account_sid,
@@ -45,15 +66,19 @@ class TokenIssuer:
             i.name: settings.identity_policy(i) for i in settings.issuers
         }
         self._role_policy = settings.role_policy()
+        self.lifetimes = FamilyLifetimes(
+            idle=settings.refresh.idle_ttl,
+            absolute=settings.refresh.absolute_ttl,
+            reuse_grace=settings.refresh.reuse_grace,
+        )
         self.platforms = KNOWN_PLATFORMS | set(twilio.push_credentials)
 
+    # -- pieces -----------------------------------------------------------------------------
     def push_credential(self, platform: str | None) -> str | None:
         if platform is None:
             return None
         if platform not in self.platforms:
-            raise InvalidRequest(
-                f"platform must be one of: {', '.join(sorted(self.platforms))}"
-            )
+            raise InvalidRequest(f"platform must be one of: {', '.join(sorted(self.platforms))}")
         return self.settings.twilio.push_credentials.get(platform)
 
     def mint(self, mapped: Mapped, platform: str | None) -> MintedToken:
@@ -64,21 +89,57 @@ class TokenIssuer:
             role_sid=mapped.role_sid,
             push_credential_sid=self.push_credential(platform),
         )
-        return mint_access_token(
-            self.twilio_key, access, ttl=twilio.token_ttl, include_nbf=twilio.include_nbf
-        )
+        return mint_access_token(self.twilio_key, access, ttl=twilio.token_ttl, include_nbf=twilio.include_nbf)
 
+    def _count_failure(self, buckets: list[Bucket], error: ServiceError) -> ServiceError:
+        """A refused proof still counts against the client-IP bucket, so guessing is limited.
+
+        With the store down the original error stands: a 401 should not turn into a 503.
+        """
+        if not buckets:
+            return error
+        try:
+            limits = self.store.hit(buckets)
+        except StoreUnavailable:
+            return error
+        if not limits.allowed:
+            return RateLimited(
+                f"too many requests; retry in {max(1, limits.retry_after)} s",
+                headers=rate_limit_headers(limits),
+            )
+        return error
+
+    # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
-        """Verify ``bearer``, map its claims and mint; every refusal raises a ``ServiceError``."""
+        """Verify ``bearer``, map its claims, start a refresh family and mint."""
         self.push_credential(platform)  # reject a bad platform before any expensive work
-        verified = self.verifier.verify(bearer)
-        issuer = verified.issuer
-        mapped = map_claims(
-            verified.claims,
-            self._identity_policies[issuer.name],
-            self.settings.access.require,
-            self._role_policy,
+        try:
+            verified = self.verifier.verify(bearer)
+            mapped = map_claims(
+                verified.claims,
+                self._identity_policies[verified.issuer.name],
+                self.settings.access.require,
+                self._role_policy,
+            )
+        except ServiceError as exc:
+            if exc.status >= 500:
+                raise
+            raise self._count_failure(self.limiter.buckets("token", ip=client_ip, ip_only=True), exc) from None
+        tag = identity_tag(mapped.identity)
+        refresh = mint_refresh_token(tag, new_family_id())
+        family = Family(
+            family_id=refresh.family_id,
+            tag=tag,
+            identity=mapped.identity,
+            role=mapped.role,
+            role_sid=mapped.role_sid,
+            issuer=verified.issuer.name,
+            subject=verified.claims["sub"],
+            session_id=str(verified.claims.get("sid", "")),
         )
+        buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
+        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes)
+        _refuse_if_limited(issued.limits)
         minted = self.mint(mapped, platform)
         audit.info(
             "token issued",
@@ -86,11 +147,84 @@ class TokenIssuer:
                 "event": "token_issued",
                 "identity": mapped.identity,
                 "role": mapped.role,
-                "issuer": issuer.name,
-                "sub": verified.claims["sub"],
+                "issuer": family.issuer,
+                "sub": family.subject,
                 "jti": minted.jti,
+                "family": family.family_id,
                 "client_ip": client_ip,
             },
         )
-        return IssuedToken(access=minted, mapped=mapped, issuer=issuer.name,
-                           subject=verified.claims["sub"])
+        return IssuedToken(minted, mapped, refresh.value, issued.expires_at, issued.limits)
+
+    def refresh(self, presented: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
+        """Rotate ``presented`` and mint again for the family's identity and role."""
+        self.push_credential(platform)
+        try:
+            old = parse_refresh_token(presented)
+        except InvalidGrant as exc:
+            raise self._count_failure(self.limiter.buckets("refresh", ip=client_ip), exc) from None
+        new = mint_refresh_token(old.tag, old.family_id)
+        buckets = self.limiter.buckets("refresh", ip=client_ip, tag=old.tag, family_id=old.family_id)
+        rotation = self.store.rotate(buckets, old.tag, old.family_id, old.digest, new.digest, self.lifetimes)
+        _refuse_if_limited(rotation.limits)
+        family = rotation.family
+        if rotation.outcome == "reused" and family is not None:
+            audit.warning(
+                "refresh token reuse detected: family revoked",
+                extra={
+                    "event": "refresh_reuse_detected",
+                    "identity": family.identity,
+                    "issuer": family.issuer,
+                    "sub": family.subject,
+                    "family": family.family_id,
+                    "client_ip": client_ip,
+                },
+            )
+        if rotation.outcome not in ("rotated", "grace") or family is None:
+            raise InvalidGrant(INVALID_REFRESH)
+        mapped = Mapped(identity=family.identity, role=family.role, role_sid=family.role_sid)
+        minted = self.mint(mapped, platform)
+        audit.info(
+            "token refreshed",
+            extra={
+                "event": "token_refreshed",
+                "identity": family.identity,
+                "role": family.role,
+                "family": family.family_id,
+                "jti": minted.jti,
+                "grace": rotation.outcome == "grace",
+                "client_ip": client_ip,
+            },
+        )
+        return IssuedToken(minted, mapped, new.value, rotation.expires_at, rotation.limits)
+
+    def revoke(self, presented: str, *, client_ip: str | None) -> LimitDecision:
+        """RFC 7009: end the token's family; unknown or malformed tokens are not an error."""
+        buckets = self.limiter.buckets("revoke", ip=client_ip)
+        try:
+            token = parse_refresh_token(presented)
+        except InvalidGrant:
+            limits = self.store.hit(buckets)
+            _refuse_if_limited(limits)
+            return limits
+        revocation = self.store.revoke(buckets, token.tag, token.family_id, token.digest)
+        _refuse_if_limited(revocation.limits)
+        if revocation.revoked and revocation.family is not None:
+            audit.info(
+                "refresh family revoked",
+                extra={
+                    "event": "family_revoked",
+                    "identity": revocation.family.identity,
+                    "family": revocation.family.family_id,
+                    "client_ip": client_ip,
+                },
+            )
+        return revocation.limits
+
+    def revoke_identity(self, identity: str) -> int:
+        count = self.store.revoke_identity(identity_tag(identity), identity)
+        audit.info(
+            "identity revoked",
+            extra={"event": "identity_revoked", "identity": identity, "families": count},
+        )
+        return count

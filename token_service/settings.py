@@ -31,6 +31,7 @@ from token_service.mapping import RESERVED_CHARACTERS, IdentityPolicy, RolePolic
 
 CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
 API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
+REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
 
 MIN_TOKEN_TTL = 3 * 60
 MAX_TOKEN_TTL = 24 * 60 * 60
@@ -84,17 +85,99 @@ class ServerSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """``[store]``: ``memory://`` (one process) or Redis; used from the refresh-token issue on."""
+    """``[store]``: refresh-token families and rate limits (design 2.6).
+
+    ``memory://`` keeps state in one process. Redis: ``redis://host:port/db``, ``rediss://`` (TLS),
+    ``redis+sentinel://h1:26379,h2:26379/service``, ``redis+cluster://h1:7000,h2:7001``, ``unix://``.
+    The password comes from ``REDIS_PASSWORD`` (or ``REDIS_PASSWORD_FILE``), never from the URL.
+    """
 
     url: str = "memory://"
+    username: str | None = None
+    key_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{0,32}$")] = "ts:"
+    connect_timeout: float = Field(0.25, gt=0, le=10)
+    socket_timeout: float = Field(0.5, gt=0, le=10)
+    retry_after: int = Field(2, ge=1, le=300)
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    max_connections: int = Field(64, ge=1, le=10000)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
         schemes = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
-        if urlsplit(value).scheme not in schemes:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
             raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+        if parts.password:
+            raise ValueError("must not carry a password: set REDIS_PASSWORD or REDIS_PASSWORD_FILE")
+        if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
+            raise ValueError("redis+sentinel:// needs the service name as its path, e.g. /mymaster")
         return value
+
+    @property
+    def is_memory(self) -> bool:
+        return self.url.startswith("memory:")
+
+
+class RefreshSettings(_Section):
+    """``[refresh]``: refresh-token families (design 2.4)."""
+
+    idle_ttl: int = Field(24 * 3600, ge=60, le=90 * 86400)
+    absolute_ttl: int = Field(7 * 86400, ge=300, le=365 * 86400)
+    reuse_grace: int = Field(0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RefreshSettings:
+        if self.idle_ttl > self.absolute_ttl:
+            raise ValueError("idle_ttl must not exceed absolute_ttl")
+        return self
+
+
+class RatePolicy(_Section):
+    """``limit`` requests per ``window`` seconds, per ``key``, on one endpoint."""
+
+    endpoint: Literal["token", "refresh", "revoke"]
+    key: Literal["ip", "identity", "family"]
+    limit: int = Field(ge=1, le=1_000_000)
+    window: int = Field(ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _key_known_at_endpoint(self) -> RatePolicy:
+        if self.endpoint == "token" and self.key == "family":
+            raise ValueError("the token endpoint has no family yet: use key 'ip' or 'identity'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.endpoint}-{self.key}"
+
+
+DEFAULT_RATE_POLICIES = [
+    RatePolicy(endpoint="token", key="ip", limit=60, window=60),
+    RatePolicy(endpoint="token", key="identity", limit=20, window=60),
+    RatePolicy(endpoint="refresh", key="ip", limit=120, window=60),
+    RatePolicy(endpoint="refresh", key="identity", limit=60, window=60),
+    RatePolicy(endpoint="refresh", key="family", limit=10, window=60),
+    RatePolicy(endpoint="revoke", key="ip", limit=30, window=60),
+]
+
+
+class RateLimitSettings(_Section):
+    """``[rate_limits]``: per-endpoint policies; a given list replaces the defaults entirely."""
+
+    enabled: bool = True
+    policies: list[RatePolicy] = DEFAULT_RATE_POLICIES
+
+    @model_validator(mode="after")
+    def _unique(self) -> RateLimitSettings:
+        names = [p.name for p in self.policies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"one policy per endpoint and key, repeated: {', '.join(dupes)}")
+        return self
 
 
 class TwilioSettings(_Section):
@@ -241,6 +324,7 @@ class Secrets(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     twilio_api_key_secret: SecretStr
+    redis_password: SecretStr | None = None
 
     @field_validator("twilio_api_key_secret")
     @classmethod
@@ -261,6 +345,8 @@ class Settings(_Section):
     identity: IdentitySettings = IdentitySettings()
     access: AccessSettings = AccessSettings()
     roles: RolesSettings
+    refresh: RefreshSettings = RefreshSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
     secrets: Secrets
 
     @model_validator(mode="after")
@@ -366,6 +452,9 @@ def settings_from_dict(
     secret = read_secret(API_KEY_SECRET_ENV, environ)
     document = dict(data)
     document["secrets"] = {"twilio_api_key_secret": secret} if secret else {}
+    redis_password = read_secret(REDIS_PASSWORD_ENV, environ)
+    if redis_password:
+        document["secrets"]["redis_password"] = redis_password
     try:
         return Settings.model_validate(document)
     except ValidationError as exc:

@@ -20,7 +20,9 @@ from token_service.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
+    Unavailable,
 )
+from token_service.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -77,7 +79,13 @@ def _unexpected(exc: Exception) -> Response:
     return problem_response(ServiceError("an internal error occurred; it has been logged"))
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, *, store_retry_after: int) -> None:
+    def store_down(_: StoreUnavailable) -> Response:
+        return problem_response(
+            Unavailable("the token store is unavailable; retry shortly", retry_after=store_retry_after)
+        )
+
     app.register_error_handler(ServiceError, problem_response)
+    app.register_error_handler(StoreUnavailable, store_down)
     app.register_error_handler(HTTPException, _from_http_exception)
     app.register_error_handler(Exception, _unexpected)

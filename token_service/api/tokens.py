@@ -1,4 +1,4 @@
-"""``POST /v1/token``: bearer proof in, Twilio Access Token out (design section 3)."""
+"""``POST /v1/token``, ``/v1/token/refresh`` and ``/v1/token/revoke`` (design section 3)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from token_service.errors import InvalidRequest, InvalidToken, MissingToken
 from token_service.issuance import IssuedToken, TokenIssuer
+from token_service.ratelimit import rate_limit_headers
+from token_service.store.base import LimitDecision
 
 bp = Blueprint("tokens", __name__)
+MAX_REFRESH_TOKEN_CHARS = 512
+
+
+def issuer() -> TokenIssuer:
+    return current_app.extensions["token_service.issuer"]  # type: ignore[no-any-return]
 
 
 def bearer_token() -> str:
@@ -27,12 +34,14 @@ def bearer_token() -> str:
     return credentials
 
 
-def json_body() -> dict[str, Any]:
-    """The optional JSON object body; an empty body is an empty object."""
+def request_params() -> dict[str, Any]:
+    """The body as a dict: a JSON object, or an HTML form (RFC 7009 clients send forms)."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return request.form.to_dict()
     if not request.get_data(cache=True):
         return {}
     if not request.is_json:
-        raise InvalidRequest("the body must be JSON (Content-Type: application/json)")
+        raise InvalidRequest("the body must be JSON (Content-Type: application/json) or a form")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
@@ -46,26 +55,65 @@ def optional_string(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def refresh_token_param(body: dict[str, Any], *names: str) -> str:
+    for name in names:
+        value = optional_string(body, name)
+        if value:
+            if len(value) > MAX_REFRESH_TOKEN_CHARS:
+                raise InvalidRequest(f"'{name}' is too long to be a refresh token")
+            return value
+    raise InvalidRequest(f"send the refresh token as '{names[0]}'")
+
+
+def _rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _with_limits(resp: Response, limits: LimitDecision) -> Response:
+    resp.headers.update(rate_limit_headers(limits))
+    return resp
+
+
 def token_response(issued: IssuedToken) -> Response:
     minted = issued.access
-    expires_at = datetime.fromtimestamp(minted.expires_at, UTC).isoformat().replace("+00:00", "Z")
     resp = jsonify(
         token=minted.jwt,
         identity=issued.mapped.identity,
         role=issued.mapped.role,
         role_sid=issued.mapped.role_sid,
         expires_in=minted.expires_at - minted.issued_at,
-        expires_at=expires_at,
+        expires_at=_rfc3339(minted.expires_at),
+        refresh_token=issued.refresh_token,
+        refresh_expires_at=_rfc3339(issued.refresh_expires_at),
     )
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Pragma"] = "no-cache"
-    return resp
+    return _with_limits(resp, issued.limits)
 
 
 @bp.post("/v1/token")
 def issue_token() -> Response:
     token = bearer_token()
-    platform = optional_string(json_body(), "platform")
-    issuer: TokenIssuer = current_app.extensions["token_service.issuer"]
-    issued = issuer.issue_for_bearer(token, platform=platform, client_ip=request.remote_addr)
+    platform = optional_string(request_params(), "platform")
+    issued = issuer().issue_for_bearer(token, platform=platform, client_ip=request.remote_addr)
     return token_response(issued)
+
+
+@bp.post("/v1/token/refresh")
+def refresh_token() -> Response:
+    body = request_params()
+    presented = refresh_token_param(body, "refresh_token")
+    platform = optional_string(body, "platform")
+    issued = issuer().refresh(presented, platform=platform, client_ip=request.remote_addr)
+    return token_response(issued)
+
+
+@bp.post("/v1/token/revoke")
+def revoke_token() -> Response:
+    """RFC 7009 2.2: 200 whether or not the token was known, once the request is well-formed."""
+    body = request_params()
+    presented = refresh_token_param(body, "refresh_token", "token")
+    limits = issuer().revoke(presented, client_ip=request.remote_addr)
+    resp = jsonify(revoked=True)
+    resp.headers["Cache-Control"] = "no-store"
+    return _with_limits(resp, limits)

@@ -1,0 +1,144 @@
+"""The store interface: refresh-token families and rate-limit buckets (design 2.4-2.6).
+
+One interface, two backends (``memory.py`` for one process, ``redis.py`` for production) that
+pass one contract test suite. Each request-path operation checks the rate-limit buckets *and*
+does its work in one atomic step (one Redis round trip), and writes nothing when a bucket refuses.
+Only SHA-256 digests of refresh tokens are ever stored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or did not answer in time; callers answer 503."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One rate-limit bucket: ``limit`` requests per ``window`` seconds for one key.
+
+    ``tag`` is the Redis Cluster hash tag the bucket's key lives under: the identity's tag for
+    identity and family buckets (so they sit in the family's slot), the client IP for IP buckets.
+    """
+
+    policy: str  # e.g. "token-ip": the name shown in RateLimit-Policy
+    key: str  # the bucket's own id inside its policy (an IP, "identity", a family id)
+    tag: str
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True)
+class BucketState:
+    policy: str
+    limit: int
+    window: int
+    remaining: int
+    reset: int  # seconds until the bucket is full again
+
+
+@dataclass(frozen=True)
+class LimitDecision:
+    """The outcome of checking a set of buckets; ``allowed`` is False when any one refused."""
+
+    allowed: bool = True
+    retry_after: int = 0
+    states: Sequence[BucketState] = ()
+
+    def tightest(self) -> BucketState | None:
+        """The bucket closest to refusing: the one the ``RateLimit`` header reports."""
+        return min(self.states, key=lambda s: (s.remaining, -s.reset), default=None)
+
+    def merged(self, other: LimitDecision) -> LimitDecision:
+        return LimitDecision(
+            allowed=self.allowed and other.allowed,
+            retry_after=max(self.retry_after, other.retry_after),
+            states=[*self.states, *other.states],
+        )
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a refresh-token family remembers, for minting and for logout/revocation later."""
+
+    family_id: str
+    tag: str
+    identity: str
+    role: str
+    role_sid: str
+    issuer: str
+    subject: str
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class FamilyLifetimes:
+    idle: int  # seconds a token may go unused
+    absolute: int  # seconds from login after which the family ends whatever happens
+    reuse_grace: int = 0  # seconds a just-used token may still be presented
+
+
+@dataclass(frozen=True)
+class Issued:
+    limits: LimitDecision
+    expires_at: int = 0  # unix seconds: when the new refresh token stops working (idle/absolute)
+
+
+RotationOutcome = Literal["rotated", "grace", "reused", "revoked", "unknown", "limited"]
+
+
+@dataclass(frozen=True)
+class Rotation:
+    outcome: RotationOutcome
+    limits: LimitDecision = field(default_factory=LimitDecision)
+    family: Family | None = None
+    expires_at: int = 0
+
+
+@dataclass(frozen=True)
+class Revocation:
+    limits: LimitDecision
+    revoked: bool = False
+    family: Family | None = None
+
+
+class Store(ABC):
+    """Refresh-token families and rate limits; every method may raise ``StoreUnavailable``."""
+
+    @abstractmethod
+    def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
+              lifetimes: FamilyLifetimes) -> Issued:
+        """Check ``buckets``; if all allow, store a new family whose live token is ``digest``."""
+
+    @abstractmethod
+    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
+               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+        """Check ``buckets``; then spend ``presented`` and make ``new_digest`` live.
+
+        ``reused`` (and the whole family revoked) when ``presented`` was already spent outside
+        the grace window; ``grace`` when inside it; ``revoked``/``unknown`` otherwise.
+        """
+
+    @abstractmethod
+    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
+        """Check ``buckets``; end the family ``presented`` belongs to (RFC 7009)."""
+
+    @abstractmethod
+    def revoke_identity(self, tag: str, identity: str) -> int:
+        """End every family of ``identity``; return how many were live."""
+
+    @abstractmethod
+    def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        """Count one request against ``buckets`` (refused requests and failed proofs)."""
+
+    @abstractmethod
+    def ping(self) -> float:
+        """Round-trip time in seconds; raises ``StoreUnavailable``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

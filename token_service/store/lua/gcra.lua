@@ -1,0 +1,42 @@
+-- Shared prelude of every script: server time and GCRA buckets (twin of store/gcra.py).
+-- Buckets are KEYS[1..n]; ARGV[1] = n, then (limit, window seconds) pairs in ARGV[2 .. 1+2n].
+-- All buckets are checked first; they are written only when every one allows the request.
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function limit(n, now)
+  local allowed, retry, states, tats = true, 0, {}, {}
+  for i = 1, n do
+    local lim = tonumber(ARGV[2 * i])
+    local window = tonumber(ARGV[2 * i + 1]) * 1000
+    local interval = window / lim
+    local stored = redis.call('GET', KEYS[i])
+    local base = math.max(stored and tonumber(stored) or now, now)
+    local new_tat = math.ceil(base + interval)
+    local allow_at = new_tat - window
+    if now < allow_at then
+      allowed = false
+      retry = math.max(retry, math.max(1, math.ceil((allow_at - now) / 1000)))
+      states[#states + 1] = 0
+      states[#states + 1] = math.ceil((base - now) / 1000)
+    else
+      states[#states + 1] = math.min(lim - 1, math.floor((now - allow_at) / interval))
+      states[#states + 1] = math.ceil((new_tat - now) / 1000)
+    end
+    tats[i] = new_tat
+  end
+  if allowed then
+    for i = 1, n do
+      redis.call('SET', KEYS[i], fmt(tats[i]), 'PX', fmt(tats[i] - now))
+    end
+  end
+  return allowed, retry, states
+end
+

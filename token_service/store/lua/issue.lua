@@ -1,0 +1,28 @@
+-- Check the buckets, then store a new refresh-token family (design 2.4).
+-- KEYS: buckets..., family hash, live set, identity index.
+-- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, field/value pairs...
+local n = tonumber(ARGV[1])
+local now = now_ms()
+local allowed, retry, states = limit(n, now)
+if not allowed then
+  return {'limited', retry, states}
+end
+local fam, live, idx = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local o = 2 + 2 * n
+local family_id, digest = ARGV[o], ARGV[o + 1]
+local idle, absolute = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000
+local abs_exp = now + absolute
+local expires = math.min(abs_exp, now + idle)
+local fields = {}
+for i = o + 4, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', fam, 'abs_exp', fmt(abs_exp), 'revoked', '0', unpack(fields))
+redis.call('SADD', live, digest)
+redis.call('PEXPIREAT', fam, fmt(expires))
+redis.call('PEXPIREAT', live, fmt(expires))
+redis.call('SADD', idx, family_id)
+if redis.call('PTTL', idx) < absolute then
+  redis.call('PEXPIRE', idx, fmt(absolute))
+end
+return {'ok', 0, states, {}, math.floor(expires / 1000)}

@@ -1,0 +1,163 @@
+"""In-process store: the embedded default for ``make run`` and single-process use.
+
+Same semantics as the Redis backend (the contract tests run against both), made atomic by one
+lock. State lives in this process only, so configuration refuses it with more than one worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from token_service.store.base import (
+    Bucket,
+    Family,
+    FamilyLifetimes,
+    Issued,
+    LimitDecision,
+    Revocation,
+    Rotation,
+    Store,
+)
+from token_service.store.gcra import decide, gcra_step
+
+MAX_USED_DIGESTS = 256
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _FamilyState:
+    family: Family
+    absolute_exp: int
+    idle_exp: int
+    live: set[str] = field(default_factory=set)
+    used: dict[str, int] = field(default_factory=dict)  # digest -> when it was spent (ms)
+    revoked: bool = False
+
+    def expires(self) -> int:
+        return min(self.idle_exp, self.absolute_exp)
+
+
+class MemoryStore(Store):
+    def __init__(self, clock_ms: type[int] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str, str], tuple[int, int]] = {}  # -> (tat, expires)
+        self._families: dict[tuple[str, str], _FamilyState] = {}
+        self._index: dict[str, set[str]] = {}
+        self._ops = 0
+
+    # -- buckets ----------------------------------------------------------------------------
+    def _check(self, buckets: Sequence[Bucket], now: int) -> LimitDecision:
+        steps = []
+        for b in buckets:
+            stored = self._buckets.get((b.policy, b.tag, b.key))
+            tat = stored[0] if stored and stored[1] > now else None
+            steps.append(gcra_step(b, tat, now))
+        decision = decide(steps)
+        if decision.allowed:
+            for b, step in zip(buckets, steps, strict=True):
+                self._buckets[(b.policy, b.tag, b.key)] = (step.new_tat, step.new_tat)
+        return decision
+
+    def _sweep(self, now: int) -> None:
+        self._ops += 1
+        if self._ops % 1024:
+            return
+        self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now}
+        self._families = {k: v for k, v in self._families.items() if v.expires() > now}
+
+    def _family(self, tag: str, family_id: str, now: int) -> _FamilyState | None:
+        state = self._families.get((tag, family_id))
+        if state is not None and state.expires() <= now:
+            del self._families[(tag, family_id)]
+            return None
+        return state
+
+    # -- Store ------------------------------------------------------------------------------
+    def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        with self._lock:
+            return self._check(buckets, now_ms())
+
+    def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
+              lifetimes: FamilyLifetimes) -> Issued:
+        with self._lock:
+            now = now_ms()
+            self._sweep(now)
+            limits = self._check(buckets, now)
+            if not limits.allowed:
+                return Issued(limits)
+            state = _FamilyState(
+                family=family,
+                absolute_exp=now + lifetimes.absolute * 1000,
+                idle_exp=now + lifetimes.idle * 1000,
+                live={digest},
+            )
+            self._families[(family.tag, family.family_id)] = state
+            self._index.setdefault(family.tag, set()).add(family.family_id)
+            return Issued(limits, expires_at=state.expires() // 1000)
+
+    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
+               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+        with self._lock:
+            now = now_ms()
+            limits = self._check(buckets, now)
+            if not limits.allowed:
+                return Rotation("limited", limits)
+            state = self._family(tag, family_id, now)
+            if state is None:
+                return Rotation("unknown", limits)
+            if state.revoked:
+                return Rotation("revoked", limits, state.family)
+            if presented in state.live:
+                outcome = "rotated"
+                state.live.discard(presented)
+                state.used[presented] = now
+                if len(state.used) > MAX_USED_DIGESTS:
+                    del state.used[min(state.used, key=state.used.__getitem__)]
+            elif presented in state.used:
+                if now - state.used[presented] >= lifetimes.reuse_grace * 1000:
+                    state.revoked = True
+                    state.live.clear()
+                    return Rotation("reused", limits, state.family)
+                outcome = "grace"
+            else:
+                return Rotation("unknown", limits)
+            state.live.add(new_digest)
+            state.idle_exp = now + lifetimes.idle * 1000
+            return Rotation(outcome, limits, state.family, expires_at=state.expires() // 1000)
+
+    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
+        with self._lock:
+            now = now_ms()
+            limits = self._check(buckets, now)
+            if not limits.allowed:
+                return Revocation(limits)
+            state = self._family(tag, family_id, now)
+            if state is None or (presented not in state.live and presented not in state.used):
+                return Revocation(limits)
+            was_live = not state.revoked
+            state.revoked = True
+            state.live.clear()
+            return Revocation(limits, revoked=was_live, family=state.family)
+
+    def revoke_identity(self, tag: str, identity: str) -> int:
+        with self._lock:
+            now = now_ms()
+            count = 0
+            for family_id in sorted(self._index.get(tag, set())):
+                state = self._family(tag, family_id, now)
+                if state is None or state.family.identity != identity:
+                    continue
+                if not state.revoked:
+                    count += 1
+                state.revoked = True
+                state.live.clear()
+            return count
+
+    def ping(self) -> float:
+        return 0.0

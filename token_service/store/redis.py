@@ -1,0 +1,179 @@
+"""Redis backend: standalone, TLS, ACL users, Sentinel or Cluster, with Lua for atomicity.
+
+Every request-path operation is one ``EVALSHA`` (one round trip): the rate-limit buckets and the
+family work run in the same script. Keys of one identity's families, its index and its identity
+and family buckets share the hash tag ``{<identity tag>}``, so they live in one Cluster slot. A
+client-IP bucket has its own tag; on a Cluster it is therefore checked by a separate script just
+before (two round trips there; one on standalone and Sentinel). Redis errors become
+``StoreUnavailable`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+from redis.commands.core import Script
+
+from token_service.store.base import (
+    Bucket,
+    BucketState,
+    Family,
+    FamilyLifetimes,
+    Issued,
+    LimitDecision,
+    Revocation,
+    Rotation,
+    Store,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+MAX_USED_DIGESTS = 256
+_FAMILY_FIELDS = ("identity", "role", "role_sid", "issuer", "subject", "session_id")
+T = TypeVar("T")
+
+
+def _source(name: str) -> str:
+    lua = resources.files("token_service.store").joinpath("lua")
+    return lua.joinpath("gcra.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+
+
+def _decision(outcome: str, retry: Any, flat: Sequence[Any], buckets: Sequence[Bucket]) -> LimitDecision:
+    states = [
+        BucketState(b.policy, b.limit, b.window, int(flat[2 * i]), int(flat[2 * i + 1]))
+        for i, b in enumerate(buckets)
+    ]
+    return LimitDecision(allowed=outcome != "limited", retry_after=int(retry), states=states)
+
+
+def _family(tag: str, family_id: str, info: Sequence[Any]) -> Family:
+    fields = dict(zip(info[::2], info[1::2], strict=True))
+    return Family(family_id=family_id, tag=tag, **{k: fields.get(k, "") for k in _FAMILY_FIELDS})
+
+
+class RedisStore(Store):
+    def __init__(self, client: Any, *, prefix: str = "ts:", cluster: bool = False) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.cluster = cluster
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(_source(name))
+            for name in ("limit", "issue", "rotate", "revoke", "revoke_identity")
+        }
+
+    # -- keys -------------------------------------------------------------------------------
+    def bucket_key(self, b: Bucket) -> str:
+        return f"{self.prefix}{{{b.tag}}}:rl:{b.policy}:{b.key}"
+
+    def family_key(self, tag: str, family_id: str) -> str:
+        return f"{self.prefix}{{{tag}}}:fam:{family_id}"
+
+    def index_key(self, tag: str) -> str:
+        return f"{self.prefix}{{{tag}}}:idx"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            log.warning("store error: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    def _run(self, name: str, buckets: Sequence[Bucket], keys: Sequence[str], args: Sequence[Any]) -> Any:
+        bucket_args: list[Any] = [len(buckets)]
+        for b in buckets:
+            bucket_args += [b.limit, b.window]
+        all_keys = [self.bucket_key(b) for b in buckets] + list(keys)
+        script = self._scripts[name]
+        return self._call(lambda: script(keys=all_keys, args=bucket_args + list(args)))
+
+    def _split(self, buckets: Sequence[Bucket], tag: str) -> tuple[LimitDecision, list[Bucket]]:
+        """On a Cluster, check buckets of other slots first; return the decision and the rest."""
+        if not self.cluster:
+            return LimitDecision(), list(buckets)
+        decision = LimitDecision()
+        others = [b for b in buckets if b.tag != tag]
+        for other_tag in dict.fromkeys(b.tag for b in others):
+            group = [b for b in others if b.tag == other_tag]
+            decision = decision.merged(self._limit(group))
+            if not decision.allowed:
+                break
+        return decision, [b for b in buckets if b.tag == tag]
+
+    def _limit(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        outcome, retry, flat = self._run("limit", buckets, [], [])
+        return _decision(outcome, retry, flat, buckets)
+
+    # -- Store ------------------------------------------------------------------------------
+    def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        if not buckets:
+            return LimitDecision()
+        if not self.cluster:
+            return self._limit(buckets)
+        decision = LimitDecision()
+        for tag in dict.fromkeys(b.tag for b in buckets):
+            decision = decision.merged(self._limit([b for b in buckets if b.tag == tag]))
+        return decision
+
+    def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
+              lifetimes: FamilyLifetimes) -> Issued:
+        first, rest = self._split(buckets, family.tag)
+        if not first.allowed:
+            return Issued(first)
+        fam = self.family_key(family.tag, family.family_id)
+        fields: list[str] = []
+        for name in _FAMILY_FIELDS:
+            fields += [name, getattr(family, name)]
+        reply = self._run(
+            "issue", rest, [fam, fam + ":live", self.index_key(family.tag)],
+            [family.family_id, digest, lifetimes.idle, lifetimes.absolute, *fields],
+        )
+        limits = first.merged(_decision(reply[0], reply[1], reply[2], rest))
+        return Issued(limits, expires_at=int(reply[4]) if limits.allowed else 0)
+
+    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
+               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+        first, rest = self._split(buckets, tag)
+        if not first.allowed:
+            return Rotation("limited", first)
+        fam = self.family_key(tag, family_id)
+        reply = self._run(
+            "rotate", rest, [fam, fam + ":live", fam + ":used"],
+            [presented, new_digest, lifetimes.idle, lifetimes.reuse_grace, MAX_USED_DIGESTS],
+        )
+        outcome = reply[0]
+        limits = first.merged(_decision(outcome, reply[1], reply[2], rest))
+        family = _family(tag, family_id, reply[3]) if len(reply) > 3 and reply[3] else None
+        expires_at = int(reply[4]) if len(reply) > 4 else 0
+        return Rotation(outcome, limits, family, expires_at)
+
+    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
+        first, rest = self._split(buckets, tag)
+        if not first.allowed:
+            return Revocation(first)
+        fam = self.family_key(tag, family_id)
+        reply = self._run("revoke", rest, [fam, fam + ":live", fam + ":used"], [presented])
+        limits = first.merged(_decision(reply[0], reply[1], reply[2], rest))
+        family = _family(tag, family_id, reply[3]) if len(reply) > 3 and reply[3] else None
+        return Revocation(limits, revoked=reply[0] == "revoked", family=family)
+
+    def revoke_identity(self, tag: str, identity: str) -> int:
+        script = self._scripts["revoke_identity"]
+        prefix = self.family_key(tag, "")
+        return int(self._call(lambda: script(keys=[self.index_key(tag)], args=[prefix, identity])))
+
+    def ping(self) -> float:
+        started = time.perf_counter()
+        self._call(self.client.ping)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except redis.RedisError:  # pragma: no cover - closing a dead connection
+            pass
