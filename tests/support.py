@@ -82,6 +82,7 @@ class RunningService:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self.app.extensions["token_service.issuer"].store.close()
 
 
 @contextmanager

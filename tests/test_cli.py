@@ -74,7 +74,7 @@ def gunicorn_service(idp: DevIdP, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "TWILIO_API_KEY_SECRET": TWILIO_SECRET}
     proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}"],
+        [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -116,3 +116,10 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     done = run_cli("serve", "--config", str(config))
     assert done.returncode == 2
     assert "server.trusted_proxies: -1: Input should be greater than or equal to 0" in done.stderr
+
+
+def test_serve_refuses_the_memory_store_with_several_workers(idp: DevIdP, tmp_path: Path) -> None:
+    config = dev_config_for(idp, tmp_path)
+    done = run_cli("serve", "--config", str(config), "--workers", "2", env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+    assert done.returncode == 2
+    assert "store.url: 'memory://': the memory store lives in one process but 2 workers would run" in done.stderr

@@ -37,6 +37,28 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def revoke(args: argparse.Namespace) -> int:
+    """End every refresh family of one identity (an employee leaves)."""
+    from token_service.issuance import TokenIssuer
+    from token_service.store import StoreUnavailable, open_store
+
+    settings = _load_or_exit(args.config)
+    if settings.store.is_memory:
+        print("the memory store lives inside the running service; nothing to revoke from here",
+              file=sys.stderr)
+        return 2
+    store = open_store(settings)
+    try:
+        count = TokenIssuer(settings, store).revoke_identity(args.identity)
+    except StoreUnavailable as exc:
+        print(f"the store is unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"revoked {count} refresh famil{'y' if count == 1 else 'ies'} of {args.identity!r}")
+    return 0
+
+
 def _gunicorn_options(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -61,6 +83,15 @@ def serve(args: argparse.Namespace) -> int:
         options["bind"] = [args.bind]
     if args.workers:
         options["workers"] = args.workers
+    workers = int(options.get("workers", 1))
+    if settings.store.is_memory and workers > 1:
+        print(
+            "configuration is invalid (1 problem(s)):\n"
+            f"  - store.url: 'memory://': the memory store lives in one process but {workers} "
+            "workers would run; use --workers 1 or a redis:// store",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging()
     app = create_app(settings)
 
@@ -91,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind", help="override the bind address, e.g. 127.0.0.1:8000")
     p.add_argument("--workers", type=int, help="override the number of worker processes")
     p.set_defaults(func=serve)
+
+    p = sub.add_parser("revoke", help="end every refresh-token family of one identity")
+    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+    p.add_argument("--identity", required=True, help="the Conversations identity, exactly")
+    p.set_defaults(func=revoke)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

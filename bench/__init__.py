@@ -1,0 +1,1 @@
+"""Throughput benchmark of token-service under gunicorn (see ``bench/run.py``)."""

@@ -1,0 +1,639 @@
+"""Throughput benchmark: token issue and refresh against a bare Flask baseline, under gunicorn.
+
+Why a ratio: requests/second depend on the machine, so each endpoint is compared with the cheapest
+possible Flask request (``bench/hello.py``) served by the same gunicorn config (``deploy/gunicorn.conf.py``,
+same workers and threads) and loaded by the same wrk parameters, in the same run. The ratio says what
+the token work itself costs, and the targets are ratios:
+
+    token issue >= 0.50 x baseline        refresh >= 0.60 x baseline
+
+How to reproduce (from the repository root, after ``make install``; root installs ``wrk`` with apt-get
+if it is missing, anyone else must install it first)::
+
+    .venv/bin/python -m bench.run          # or: python bench/run.py
+
+One run starts a real Redis (``tests/redis_servers.py``) and the development IdP (``devidp/``, node),
+then, one server at a time and each with a warm-up before the measured wrk run:
+
+a. ``GET /`` of ``bench/hello.py`` under ``gunicorn -c deploy/gunicorn.conf.py bench.hello:app``;
+b. ``POST /v1/token`` of ``token-service serve`` (Redis store, rate limits on with limits too high
+   to refuse, so their code still runs), cycling a pool of RS256 ID tokens for distinct users, forged
+   with the IdP's own signing key (``bench/token.lua``);
+c. ``POST /v1/token/refresh`` on the same server: refresh tokens are issued through ``/v1/token``
+   first and each wrk thread chains them, presenting every token exactly once (``bench/refresh.lua``).
+
+It prints the machine, the settings and a Markdown table, then the pass/fail lines of the targets.
+A missed target still exits 0 (this is a benchmark, not a test); a non-2xx response, a socket error,
+a broken refresh chain or a server that does not start exits 1. Everything it started (gunicorn,
+node, redis) is stopped on exit, Ctrl-C and errors included; temporary files live under /tmp.
+
+Environment (defaults in brackets):
+    TOKEN_SERVICE_WORKERS [2], TOKEN_SERVICE_THREADS [4]  gunicorn workers and threads, for every server
+    WRK_THREADS [2], WRK_CONNECTIONS [32]                 wrk -t and -c
+    WRK_DURATION [10s], WRK_WARMUP [3s], WRK_TIMEOUT [2s] measured run, warm-up per target (0: none), -timeout
+    BENCH_POOL [2000]                                     distinct users (ID tokens) in the token pool
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+# `python bench/run.py` puts bench/ on sys.path, not the repository root that holds devidp/ and tests/.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+VENV = ROOT / ".venv"
+
+
+def _use_project_venv() -> None:
+    """Re-run under the project's venv when started by a python without its packages."""
+    try:
+        import gunicorn  # noqa: F401
+        import jwt  # noqa: F401
+        import requests  # noqa: F401
+    except ImportError:
+        python = VENV / "bin" / "python"
+        if python.exists() and Path(sys.prefix).resolve() != VENV.resolve():
+            os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+        raise SystemExit("the project's packages are missing: run `make install` first") from None
+
+
+_use_project_venv()
+
+import jwt  # noqa: E402
+import requests  # noqa: E402
+
+from devidp.harness import DevIdP, generate_keys  # noqa: E402
+from tests.redis_servers import RedisServer, ensure_redis_server, free_port  # noqa: E402
+
+BENCH = ROOT / "bench"
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+DEV_CONFIG = ROOT / "dev" / "config.toml"
+AUDIENCE = "token-service-dev"  # a client id of the dev IdP, accepted by dev/config.toml
+HOST = "127.0.0.1"
+TOKEN_TARGET = 0.50
+REFRESH_TARGET = 0.60
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_LINES = 30
+
+# Limits no run can reach, so nothing is refused but every request still pays for the bucket checks.
+# 1,000,000 is the most settings.RatePolicy accepts: a burst of a million, then ~16,700 req/s per key.
+RATE_LIMITS = """
+[rate_limits]
+enabled = true
+policies = [
+  { endpoint = "token", key = "ip", limit = 1000000, window = 60 },
+  { endpoint = "token", key = "identity", limit = 1000000, window = 60 },
+  { endpoint = "refresh", key = "ip", limit = 1000000, window = 60 },
+  { endpoint = "refresh", key = "identity", limit = 1000000, window = 60 },
+  { endpoint = "refresh", key = "family", limit = 1000000, window = 60 },
+]
+"""
+
+_TIME = re.compile(r"^(\d+)([smh]?)$")
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+class BenchError(RuntimeError):
+    """Something broke (a server did not start, wrk failed): the run cannot give numbers."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, so stdout carries only the report."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _seconds(text: str, name: str) -> int:
+    """wrk's time syntax (``10``, ``10s``, ``1m``): whole numbers only, as wrk reads them."""
+    match = _TIME.match(text.strip())
+    if not match:
+        raise BenchError(f"{name}={text!r} is not a wrk time such as 10s or 1m")
+    return int(match.group(1)) * _TIME_UNITS[match.group(2)]
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BenchError(f"{name}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise BenchError(f"{name} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One set of server and load settings, applied to every target so the ratios compare like with like."""
+
+    workers: int
+    threads: int
+    wrk_threads: int
+    connections: int
+    duration: int
+    warmup: int
+    timeout: int
+    pool: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        settings = cls(
+            workers=_positive(env, "TOKEN_SERVICE_WORKERS", 2),
+            threads=_positive(env, "TOKEN_SERVICE_THREADS", 4),
+            wrk_threads=_positive(env, "WRK_THREADS", 2),
+            connections=_positive(env, "WRK_CONNECTIONS", 32),
+            duration=_seconds(env.get("WRK_DURATION", "10s"), "WRK_DURATION"),
+            warmup=_seconds(env.get("WRK_WARMUP", "3s"), "WRK_WARMUP"),
+            timeout=_seconds(env.get("WRK_TIMEOUT", "2s"), "WRK_TIMEOUT"),
+            pool=_positive(env, "BENCH_POOL", 2000),
+        )
+        if settings.duration < 1 or settings.timeout < 1:
+            raise BenchError("WRK_DURATION and WRK_TIMEOUT must be at least 1s")
+        if settings.connections < settings.wrk_threads:
+            raise BenchError("WRK_CONNECTIONS must be at least WRK_THREADS (wrk gives each thread its share)")
+        return settings
+
+    @property
+    def refresh_tokens(self) -> int:
+        """Refresh tokens per wrk run: twice the connections, so no thread's queue runs dry."""
+        return 2 * self.connections
+
+    def wrk_args(self, duration: int) -> list[str]:
+        return [
+            f"-t{self.wrk_threads}",
+            f"-c{self.connections}",
+            f"-d{duration}s",
+            "--latency",
+            "--timeout",
+            f"{self.timeout}s",
+        ]
+
+
+def machine_lines() -> list[str]:
+    """What the numbers were measured on: they mean little without it."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return [
+        f"- machine: nproc {len(os.sched_getaffinity(0))}, CPU {model}",
+        f"- python {sys.version.split()[0]}, gunicorn config {GUNICORN_CONF.relative_to(ROOT)}",
+    ]
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+def ensure_wrk() -> str:
+    """Path of ``wrk``; as root, install the Debian package once, so a fresh machine can run the bench."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchError("wrk is not installed; install it first (Debian/Ubuntu: `sudo apt-get install wrk`)")
+    log("wrk not found: installing it with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
+    ):
+        result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
+            raise BenchError(f"`{' '.join(command)}` failed with status {result.returncode}:\n{tail}")
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("apt-get installed wrk but no wrk binary is on PATH")
+    return found
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """The numbers of one wrk run that the report uses, plus the raw output for error messages."""
+
+    requests_per_sec: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: dict[str, int]
+    script_counts: dict[str, int]
+    output: str
+
+    @property
+    def total_socket_errors(self) -> int:
+        return sum(self.socket_errors.values())
+
+
+def _latency_ms(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)
+    if not match:
+        raise BenchError(f"no {percentile}% latency in the wrk output:\n{output}")
+    return float(match.group(1)) * _LATENCY_UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Read the ``--latency`` report of wrk 4 (and the ``bench-*:`` line a script's done() may add)."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    total = re.search(r"^\s*(\d+) requests in ", output, re.M)
+    if not rps or not total:
+        raise BenchError(f"unexpected wrk output:\n{output}")
+    # wrk counts status >= 400 here (the label says "Non-2xx or 3xx"); the line is absent when zero.
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = dict.fromkeys(("connect", "read", "write", "timeout"), 0)
+    if sockets:
+        socket_errors = dict(zip(socket_errors, map(int, sockets.groups()), strict=True))
+    script_counts: dict[str, int] = {}
+    script_line = re.search(r"^bench-\w+:(.*)$", output, re.M)
+    if script_line:
+        script_counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", script_line.group(1))}
+    return WrkResult(
+        requests_per_sec=float(rps.group(1)),
+        p50_ms=_latency_ms(output, "50"),
+        p99_ms=_latency_ms(output, "99"),
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=socket_errors,
+        script_counts=script_counts,
+        output=output,
+    )
+
+
+def run_wrk(
+    wrk: str,
+    settings: Settings,
+    url: str,
+    duration: int,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+) -> WrkResult:
+    argv = [wrk, *settings.wrk_args(duration)]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(url)
+    if script_args:
+        argv += ["--", *script_args]
+    # subprocess.run kills wrk if we are interrupted while it runs.
+    result = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=duration + 60, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` failed with status {result.returncode}:\n{result.stdout}{result.stderr}")
+    return parse_wrk(result.stdout + result.stderr)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Gunicorn:
+    """A gunicorn master in its own session: teardown signals the whole process group, workers included."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    log_path: Path
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as output:
+            self._proc = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            status = self._proc.poll()
+            if status is not None:
+                raise BenchError(f"{self.name} exited with status {status} during start-up:\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return
+            if time.monotonic() >= deadline:
+                raise BenchError(
+                    f"{self.name} did not answer {self.ready_path} within {START_TIMEOUT:.0f}s:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful) to the master, then SIGKILL to its process group if anything lingers."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group is ours: start_new_session made proc its leader
+        proc.wait()
+
+    def __enter__(self) -> Gunicorn:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment of every server: the same gunicorn workers and threads for all of them."""
+    env = dict(os.environ)
+    env["TOKEN_SERVICE_WORKERS"] = str(settings.workers)
+    env["TOKEN_SERVICE_THREADS"] = str(settings.threads)
+    # The bench's SIDs are fake, so a throwaway signing secret is as good as a real one.
+    env.setdefault("TWILIO_API_KEY_SECRET", secrets.token_hex(32))
+    return env
+
+
+def hello_server(settings: Settings, workdir: Path) -> Gunicorn:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+        "--bind", f"{HOST}:{port}", "--workers", str(settings.workers), "--threads", str(settings.threads),
+        "bench.hello:app",
+    ]  # fmt: skip
+    return Gunicorn("baseline gunicorn (bench.hello)", argv, server_env(settings), port, "/", workdir / "hello.log")
+
+
+def token_server(settings: Settings, workdir: Path, config: Path) -> Gunicorn:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
+        "--gunicorn-config", str(GUNICORN_CONF), "--bind", f"{HOST}:{port}", "--workers", str(settings.workers),
+    ]  # fmt: skip
+    return Gunicorn("token-service", argv, server_env(settings), port, "/healthz", workdir / "token-service.log")
+
+
+def write_config(path: Path, issuer: str, redis_url: str) -> None:
+    """dev/config.toml with the running IdP's issuer, the Redis store and never-refusing rate limits."""
+    text = DEV_CONFIG.read_text()
+    text, issuers = re.subn(r'(?m)^issuer\s*=\s*".*"\s*$', f'issuer = "{issuer}"', text)
+    text, stores = re.subn(r'(?m)^url\s*=\s*"memory://"\s*$', f'url = "{redis_url}"', text)
+    text += RATE_LIMITS
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"cannot build the bench config from {DEV_CONFIG}: {exc}") from None
+    if (issuers, stores) != (1, 1) or data["store"]["url"] != redis_url:
+        raise BenchError(f"{DEV_CONFIG} no longer has one issuer and a memory:// store; update write_config()")
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def mint_id_tokens(idp: DevIdP, count: int) -> list[str]:
+    """RS256 ID tokens for ``count`` distinct users, signed with the IdP's own key.
+
+    Forged rather than obtained by login: a code flow per user would take minutes, and the service
+    verifies these exactly as it verifies the IdP's (same key, fetched from the IdP's JWKS).
+    """
+    jwk = next(k for k in idp.keys if k.get("alg") == "RS256")
+    key = jwt.PyJWK(jwk).key
+    now = int(time.time())
+    return [
+        jwt.encode(
+            {
+                "iss": idp.issuer,
+                "aud": AUDIENCE,
+                "sub": f"bench-user-{i}",
+                "email": f"user{i}@example.com",
+                "email_verified": True,
+                "groups": ["chat-users"],
+                "iat": now,
+                "exp": now + 3600,
+            },
+            key,
+            algorithm="RS256",
+            headers={"kid": jwk["kid"]},
+        )
+        for i in range(count)
+    ]
+
+
+def issue_refresh_tokens(base_url: str, id_tokens: Sequence[str]) -> list[str]:
+    """One refresh token (so one family) per ID token, through the real ``POST /v1/token``."""
+    tokens = []
+    with requests.Session() as session:
+        for id_token in id_tokens:
+            resp = session.post(f"{base_url}/v1/token", headers={"Authorization": f"Bearer {id_token}"}, timeout=10)
+            if resp.status_code != 200:
+                raise BenchError(
+                    f"POST /v1/token answered {resp.status_code} while preparing refresh tokens: {resp.text[:300]}"
+                )
+            tokens.append(resp.json()["refresh_token"])
+    return tokens
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    result: WrkResult
+
+
+def measure(
+    wrk: str,
+    settings: Settings,
+    name: str,
+    url: str,
+    script: Path | None = None,
+    warmup_args: Sequence[str] = (),
+    run_args: Sequence[str] = (),
+    problems: list[str] | None = None,
+) -> Target:
+    """Warm up (JWKS fetch, connection pools, caches), then the measured run; errors of both are problems."""
+    runs: list[tuple[str, WrkResult]] = []
+    if settings.warmup:
+        log(f"{name}: warm-up {settings.warmup}s")
+        runs.append(("warm-up", run_wrk(wrk, settings, url, settings.warmup, script, warmup_args)))
+    log(f"{name}: measuring {settings.duration}s")
+    result = run_wrk(wrk, settings, url, settings.duration, script, run_args)
+    runs.append(("run", result))
+    for phase, res in runs:
+        issues = []
+        if res.non_2xx:
+            issues.append(f"{res.non_2xx} non-2xx responses")
+        if res.total_socket_errors:
+            issues.append(f"socket errors {res.socket_errors}")
+        if res.script_counts.get("failures") or res.script_counts.get("starved"):
+            issues.append(f"refresh chain broke: {res.script_counts}")
+        if issues and problems is not None:
+            problems.append(f"{name} ({phase}): {'; '.join(issues)}")
+    return Target(name, result)
+
+
+def report(settings: Settings, targets: Sequence[Target], elapsed: float, problems: Sequence[str]) -> str:
+    baseline = targets[0].result.requests_per_sec
+    lines = [
+        "| target | req/s | p50 | p99 | ratio to baseline | non-2xx |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ratios = {}
+    for target in targets:
+        res = target.result
+        ratio = res.requests_per_sec / baseline if baseline else 0.0
+        ratios[target.name] = ratio
+        lines.append(
+            f"| {target.name} | {res.requests_per_sec:,.0f} | {res.p50_ms:.2f} ms | {res.p99_ms:.2f} ms "
+            f"| {ratio:.2f} | {res.non_2xx} |"
+        )
+    lines.append("")
+    token_ratio, refresh_ratio = ratios[targets[1].name], ratios[targets[2].name]
+    verdict = {True: "PASS", False: "FAIL"}
+    lines.append(
+        f"token issue >= {TOKEN_TARGET:.2f} x baseline: {verdict[token_ratio >= TOKEN_TARGET]} ({token_ratio:.2f})"
+    )
+    lines.append(
+        f"refresh >= {REFRESH_TARGET:.2f} x baseline: {verdict[refresh_ratio >= REFRESH_TARGET]} ({refresh_ratio:.2f})"
+    )
+    refresh = targets[2].result.script_counts
+    lines.append("")
+    lines.append(f"- requests measured: {', '.join(f'{t.name} {t.result.requests}' for t in targets)}")
+    lines.append(
+        f"- refresh chain: {refresh.get('loaded', 0)} tokens loaded, {refresh.get('failures', 0)} "
+        f"failed responses, {refresh.get('starved', 0)} starved requests"
+    )
+    lines.append(f"- total time {elapsed:.0f}s")
+    for problem in problems:
+        lines.append(f"- BROKEN: {problem}")
+    return "\n".join(lines)
+
+
+def bench(settings: Settings, workdir: Path) -> tuple[list[Target], list[str]]:
+    wrk = ensure_wrk()
+    ensure_redis_server()
+    problems: list[str] = []
+    with contextlib.ExitStack() as stack:
+        log("starting redis and the dev IdP")
+        redis_server = stack.enter_context(RedisServer())
+        idp = stack.enter_context(DevIdP(keys=generate_keys()))
+        config = workdir / "config.toml"
+        write_config(config, idp.issuer, f"redis://{HOST}:{redis_server.port}/0")
+
+        log(f"minting {settings.pool} RS256 ID tokens")
+        id_tokens = mint_id_tokens(idp, settings.pool)
+        pool = write_lines(workdir / "id-tokens.txt", id_tokens)
+        nthreads = str(settings.wrk_threads)
+
+        with hello_server(settings, workdir) as hello:
+            baseline = measure(wrk, settings, "baseline: GET / (bench.hello)", hello.url + "/", problems=problems)
+
+        with token_server(settings, workdir, config) as service:
+            args = [str(pool), nthreads]
+            token = measure(
+                wrk, settings, "POST /v1/token", service.url + "/v1/token", BENCH / "token.lua", args, args, problems
+            )
+            log(f"issuing {2 * settings.refresh_tokens} refresh tokens through /v1/token")
+            needed = settings.refresh_tokens
+            # Fresh users (the pool's far end) and fresh families; each wrk run gets its own file,
+            # because tokens still in flight when a run stops are spent but their successors are lost.
+            sources = [id_tokens[-(1 + i) % len(id_tokens)] for i in range(2 * needed)]
+            minted = issue_refresh_tokens(service.url, sources)
+            warm = write_lines(workdir / "refresh-warmup.txt", minted[:needed])
+            measured = write_lines(workdir / "refresh-run.txt", minted[needed:])
+            refresh = measure(
+                wrk,
+                settings,
+                "POST /v1/token/refresh",
+                service.url + "/v1/token/refresh",
+                BENCH / "refresh.lua",
+                [str(warm), nthreads],
+                [str(measured), nthreads],
+                problems,
+            )
+            if problems:
+                log(f"token-service log tail:\n{service.log_tail()}")
+    return [baseline, token, refresh], problems
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every context manager stops what it started."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # a launcher in the background may hand us SIGINT ignored
+    started = time.monotonic()
+    try:
+        settings = Settings.from_env(os.environ)
+        header = [
+            "## token-service throughput",
+            "",
+            *machine_lines(),
+            f"- gunicorn: workers {settings.workers}, threads {settings.threads} (gthread), same for every target",
+            f"- wrk {' '.join(settings.wrk_args(settings.duration))}, warm-up {settings.warmup}s per target",
+            f"- token pool {settings.pool} distinct users (RS256); {settings.refresh_tokens} refresh families "
+            "per refresh run",
+            "",
+        ]
+        print("\n".join(header), flush=True)
+        with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
+            targets, problems = bench(settings, Path(tmp))
+    except KeyboardInterrupt:
+        log("interrupted; everything started was stopped")
+        return 130
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    print(report(settings, targets, time.monotonic() - started, problems), flush=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The Redis store as operators run it: every URL form, the round-trip budget, and outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from devidp.harness import DevIdP
+from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer, make_tls_files
+from tests.support import RunningService, config_dict, forge, id_claims, problem, running
+
+pytestmark = pytest.mark.integration
+
+
+def store_settings(idp: DevIdP, store: dict, env: dict[str, str] | None = None, **extra: object):
+    data = config_dict(idp.issuer)
+    data["store"] = store
+    data.update(extra)
+    from tests.support import TWILIO_SECRET
+    from token_service.settings import settings_from_dict
+
+    return settings_from_dict(data, environ={"TWILIO_API_KEY_SECRET": TWILIO_SECRET, **(env or {})})
+
+
+def round_trip(svc: RunningService, token: str) -> None:
+    """Issue, refresh, revoke: the whole family life cycle through this store."""
+    issued = svc.post_token(token)
+    assert issued.status_code == 200, issued.text
+    refreshed = requests.post(f"{svc.url}/v1/token/refresh",
+                              json={"refresh_token": issued.json()["refresh_token"]}, timeout=10)
+    assert refreshed.status_code == 200, refreshed.text
+    new = refreshed.json()["refresh_token"]
+    assert requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": new}, timeout=10).status_code == 200
+    again = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": new}, timeout=10)
+    assert again.status_code == 401
+    ready = svc.get("/readyz").json()
+    assert ready["store"]["ok"] is True
+
+
+def test_standalone_redis_url(idp: DevIdP, rsa_key: dict, redis_server: RedisServer) -> None:
+    with running(store_settings(idp, {"url": redis_server.url()})) as svc:
+        round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
+
+
+def test_tls_with_acl_user_and_password_from_env(idp: DevIdP, rsa_key: dict, tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path)
+    with RedisServer(acl_user=("tokensvc", "s3cret-pass"), tls=tls) as server:
+        url = f"rediss://tokensvc@127.0.0.1:{server.port}/0"
+        store = {"url": url, "tls_ca_file": str(tls.ca_cert)}
+        with running(store_settings(idp, store, env={"REDIS_PASSWORD": "s3cret-pass"})) as svc:
+            round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
+        # Without the password the store is unavailable, and says so instead of failing oddly.
+        with running(store_settings(idp, store)) as svc:
+            resp = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))
+            assert resp.status_code == 503 and problem(resp)["type"] == "unavailable"
+            assert svc.get("/readyz").status_code == 503
+
+
+def test_sentinel(idp: DevIdP, rsa_key: dict) -> None:
+    with RedisSentinel() as sentinel:
+        with running(store_settings(idp, {"url": sentinel.url()})) as svc:
+            round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
+
+
+def test_cluster(idp: DevIdP, rsa_key: dict, redis_cluster: RedisCluster) -> None:
+    with running(store_settings(idp, {"url": redis_cluster.url()})) as svc:
+        for i in range(5):  # identities spread over slots on different masters
+            round_trip(svc, forge(rsa_key, id_claims(idp.issuer, email=f"user{i}@example.com")))
+
+
+def test_password_in_the_url_is_refused(idp: DevIdP) -> None:
+    from token_service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must not carry a password"):
+        store_settings(idp, {"url": "redis://user:hunter2@127.0.0.1:6379/0"})
+
+
+@pytest.fixture
+def limited_redis_service(idp: DevIdP, redis_server: RedisServer) -> Iterator[RunningService]:
+    admin = redis_server.client()
+    admin.flushall()
+    admin.close()
+    limits = {"enabled": True, "policies": [
+        {"endpoint": "token", "key": "ip", "limit": 1000, "window": 60},
+        {"endpoint": "token", "key": "identity", "limit": 1000, "window": 60},
+        {"endpoint": "refresh", "key": "ip", "limit": 1000, "window": 60},
+        {"endpoint": "refresh", "key": "identity", "limit": 1000, "window": 60},
+        {"endpoint": "refresh", "key": "family", "limit": 1000, "window": 60},
+        {"endpoint": "revoke", "key": "ip", "limit": 1000, "window": 60},
+    ]}
+    with running(store_settings(idp, {"url": redis_server.url()}, rate_limits=limits)) as svc:
+        yield svc
+
+
+def test_round_trip_budget_one_command_per_request(
+    limited_redis_service: RunningService, redis_server: RedisServer, idp: DevIdP, rsa_key: dict
+) -> None:
+    """INFO commandstats: issue, refresh and revoke each cost exactly one Redis command."""
+    svc = limited_redis_service
+    warm = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))  # loads scripts, opens the pool
+    requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": warm.json()["refresh_token"]}, timeout=10)
+    requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": "rt1." + "A" * 75}, timeout=10)
+
+    def commands_for(action):
+        """The commands the service sent (MONITOR), not those its Lua scripts ran inside Redis."""
+        seen: list[str] = []
+        monitor_client = redis_server.client(decode_responses=True)
+        marker_client = redis_server.client()
+        marker_client.ping()  # connected before MONITOR starts, so its handshake is not counted
+        with monitor_client.monitor() as monitor:
+            marker = f"marker-{time.monotonic_ns()}"
+            result = action()
+            marker_client.echo(marker)
+            for command in monitor.listen():
+                if marker in command["command"]:
+                    break
+                if command.get("client_type") != "lua":
+                    seen.append(command["command"].split()[0].lower())
+        monitor_client.close()
+        marker_client.close()
+        return {name: seen.count(name) for name in set(seen)}, result
+
+    spent, issued = commands_for(lambda: svc.post_token(forge(rsa_key, id_claims(idp.issuer))))
+    assert issued.status_code == 200 and spent == {"evalsha": 1}
+    token = issued.json()["refresh_token"]
+    spent, refreshed = commands_for(
+        lambda: requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token}, timeout=10))
+    assert refreshed.status_code == 200 and spent == {"evalsha": 1}
+    new = refreshed.json()["refresh_token"]
+    spent, revoked = commands_for(
+        lambda: requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": new}, timeout=10))
+    assert revoked.status_code == 200 and spent == {"evalsha": 1}
+
+
+def test_redis_killed_then_restarted(idp: DevIdP, rsa_key: dict) -> None:
+    with RedisServer() as server:
+        settings = store_settings(idp, {"url": server.url(), "socket_timeout": 0.5, "connect_timeout": 0.25})
+        with running(settings) as svc:
+            first = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))
+            assert first.status_code == 200
+            held = first.json()["refresh_token"]
+            server.kill()
+            for call in (
+                lambda: svc.post_token(forge(rsa_key, id_claims(idp.issuer))),
+                lambda: requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": held}, timeout=10),
+            ):
+                started = time.monotonic()
+                resp = call()
+                elapsed = time.monotonic() - started
+                assert resp.status_code == 503, resp.text
+                assert problem(resp)["type"] == "unavailable"
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert elapsed < 5  # bounded by the timeouts, never a hang (not a speed assertion)
+            down = svc.get("/readyz")
+            assert down.status_code == 503 and down.json()["store"]["ok"] is False
+
+            server.start()  # same port, empty (no persistence): the service reconnects by itself
+            deadline = time.monotonic() + 10
+            while svc.post_token(forge(rsa_key, id_claims(idp.issuer))).status_code != 200:
+                assert time.monotonic() < deadline, "service did not recover after Redis came back"
+                time.sleep(0.2)
+            assert svc.get("/readyz").json()["store"]["ok"] is True
+
+
+def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rsa_key: dict) -> None:
+    """A rotation is one Lua script: either the old token is spent and the new one live, or neither."""
+    with RedisServer() as server:
+        with running(store_settings(idp, {"url": server.url()})) as svc:
+            token = svc.post_token(forge(rsa_key, id_claims(idp.issuer))).json()["refresh_token"]
+            client = server.client(decode_responses=True)
+            # Pause Redis so the next rotation is in flight when the server dies.
+            client.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+            client.close()
+            import threading
+
+            result: dict[str, int] = {}
+            thread = threading.Thread(target=lambda: result.update(
+                status=requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token},
+                                     timeout=10).status_code))
+            thread.start()
+            time.sleep(0.2)
+            server.kill()
+            thread.join()
+            assert result["status"] == 503
+            server.start()
+            # Nothing survived half-written: the family is gone whole (no persistence), so the
+            # token is simply unknown rather than stuck between two states.
+            after = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token}, timeout=10)
+            assert after.status_code == 401

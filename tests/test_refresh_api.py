@@ -1,0 +1,177 @@
+"""Refresh, reuse detection and revocation over HTTP (design 2.4, RFC 7009)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+
+from devidp.harness import DevIdP
+from tests.redis_servers import RedisServer
+from tests.support import (
+    TWILIO_SECRET,
+    RunningService,
+    config_dict,
+    forge,
+    id_claims,
+    problem,
+    running,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def login(svc: RunningService, token: str) -> dict:
+    resp = svc.post_token(token)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def refresh(svc: RunningService, refresh_token: str, **kw: object) -> requests.Response:
+    return requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": refresh_token, **kw}, timeout=30)
+
+
+def revoke(svc: RunningService, **kw: object) -> requests.Response:
+    return requests.post(f"{svc.url}/v1/token/revoke", timeout=30, **kw)
+
+
+def assert_invalid_grant(resp: requests.Response) -> None:
+    assert resp.status_code == 401, resp.text
+    body = problem(resp)
+    assert body["type"] == "invalid_grant" and body["error"] == "invalid_grant"
+    assert "sign in again" in body["detail"]
+
+
+def test_refresh_rotates_and_keeps_identity_and_role(service: RunningService, idp: DevIdP) -> None:
+    first = login(service, idp.login("bob")["id_token"])
+    resp = refresh(service, first["refresh_token"], platform="ios")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Cache-Control"] == "no-store"
+    second = resp.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert (second["identity"], second["role"]) == ("bob@example.com", "admin")
+    claims = jwt.decode(second["token"], TWILIO_SECRET, algorithms=["HS256"])
+    assert claims["grants"]["chat"]["deployment_role_sid"] == first["role_sid"]
+    assert "push_credential_sid" in claims["grants"]["chat"]
+    assert second["refresh_expires_at"] >= first["refresh_expires_at"]
+    third = refresh(service, second["refresh_token"])
+    assert third.status_code == 200
+
+
+def test_replay_of_a_spent_token_kills_the_family(
+    service: RunningService, idp: DevIdP, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = login(service, idp.login("alice")["id_token"])
+    rotated = refresh(service, owner["refresh_token"]).json()
+    with caplog.at_level(logging.WARNING, logger="token_service.audit"):
+        assert_invalid_grant(refresh(service, owner["refresh_token"]))  # the thief replays
+    assert_invalid_grant(refresh(service, rotated["refresh_token"]))  # and the owner is out too
+    (event,) = [r for r in caplog.records if getattr(r, "event", "") == "refresh_reuse_detected"]
+    assert event.identity == "alice@example.com" and event.levelname == "WARNING"
+    assert owner["refresh_token"] not in caplog.text and rotated["refresh_token"] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "rt1.", "rt1." + "A" * 74, "rt1." + "A" * 76, "rt0." + "A" * 75, "rt1." + "!" * 75, "x" * 600],
+)
+def test_malformed_refresh_tokens(service: RunningService, bad: str) -> None:
+    resp = refresh(service, bad)
+    assert resp.status_code in (400, 401), resp.text
+    assert problem(resp)["type"] in ("invalid_grant", "invalid_request")
+
+
+def test_unknown_and_truncated_refresh_tokens(service: RunningService, idp: DevIdP, rsa_key: dict) -> None:
+    real = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+    assert_invalid_grant(refresh(service, real[:-1]))  # truncated
+    tampered = real[:-2] + ("AA" if real[-2:] != "AA" else "BA")
+    assert_invalid_grant(refresh(service, tampered))
+    assert refresh(service, real).status_code == 200  # the forgeries did not hurt the owner
+
+
+def test_bad_refresh_requests(service: RunningService) -> None:
+    for kwargs in ({"json": {}}, {"json": {"refresh_token": 5}}, {"data": "nope"}, {"json": [1]}):
+        resp = requests.post(f"{service.url}/v1/token/refresh", timeout=30, **kwargs)
+        assert resp.status_code == 400, (kwargs, resp.text)
+        assert problem(resp)["type"] == "invalid_request"
+
+
+def test_revoke_json_and_rfc7009_form(service: RunningService, idp: DevIdP, rsa_key: dict) -> None:
+    a = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+    resp = revoke(service, json={"refresh_token": a})
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert_invalid_grant(refresh(service, a))
+    b = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+    form = revoke(service, data={"token": b, "token_type_hint": "refresh_token"})
+    assert form.status_code == 200
+    assert_invalid_grant(refresh(service, b))
+
+
+def test_revoke_answers_200_for_unknown_tokens_and_400_without_one(service: RunningService) -> None:
+    assert revoke(service, data={"token": "rt1." + "A" * 75}).status_code == 200
+    assert revoke(service, data={"token": "not-even-ours"}).status_code == 200
+    missing = revoke(service, data={"token_type_hint": "refresh_token"})
+    assert missing.status_code == 400 and problem(missing)["type"] == "invalid_request"
+
+
+def test_revoking_one_family_leaves_the_others(service: RunningService, idp: DevIdP, rsa_key: dict) -> None:
+    phone = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+    laptop = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+    assert revoke(service, json={"refresh_token": phone}).status_code == 200
+    assert refresh(service, laptop).status_code == 200
+
+
+def redis_config(idp: DevIdP, redis_server: RedisServer, **extra: object) -> dict:
+    data = config_dict(idp.issuer)
+    data["store"] = {"url": redis_server.url()}
+    data.update(extra)
+    return data
+
+
+def test_fifty_concurrent_refreshes_one_success_on_redis(idp: DevIdP, redis_server: RedisServer) -> None:
+    with running(settings_for(redis_config(idp, redis_server))) as svc:
+        token = login(svc, idp.login("alice")["id_token"])["refresh_token"]
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(lambda _: refresh(svc, token).status_code, range(50)))
+        assert statuses.count(200) == 1
+        assert set(statuses) == {200, 401}
+
+
+def test_grace_window_over_http(idp: DevIdP, rsa_key: dict) -> None:
+    data = config_dict(idp.issuer)
+    data["refresh"] = {"reuse_grace": 5}
+    with running(settings_for(data)) as svc:
+        first = login(svc, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
+        a = refresh(svc, first)
+        b = refresh(svc, first)  # a retry inside the grace window: allowed, family intact
+        assert (a.status_code, b.status_code) == (200, 200)
+        assert refresh(svc, a.json()["refresh_token"]).status_code == 200
+        assert refresh(svc, b.json()["refresh_token"]).status_code == 200
+
+
+def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> None:
+    with running(settings_for(redis_config(idp, redis_server))) as svc:
+        tokens = [login(svc, idp.login("dave")["id_token"])["refresh_token"] for _ in range(2)]
+        other = login(svc, idp.login("alice")["id_token"])["refresh_token"]
+        config = tmp_path / "config.toml"
+        text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
+        config.write_text(text.replace('url = "memory://"', f'url = "{redis_server.url()}"'))
+        done = subprocess.run(
+            [sys.executable, "-m", "token_service.cli", "revoke", "--config", str(config),
+             "--identity", "dave@example.com"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "revoked 2 refresh families of 'dave@example.com'"
+        for token in tokens:
+            assert_invalid_grant(refresh(svc, token))
+        assert refresh(svc, other).status_code == 200
