@@ -158,3 +158,32 @@ def test_shipped_example_and_dev_configs_parse() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(root / "config.example.toml", environ={})
     assert all("SID" in p or "TWILIO_API_KEY_SECRET" in p for p in info.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("redis://user:pw@127.0.0.1:6379/0", "must not carry a password"),
+        ("redis+sentinel://127.0.0.1:26379", "needs the service name"),
+        ("mysql://127.0.0.1", "scheme must be one of"),
+    ],
+)
+def test_store_urls(url: str, rule: str) -> None:
+    found = problems(with_("store", {"url": url}))
+    assert found[0].startswith(f"store.url: {url!r}: ") and rule in found[0]
+
+
+def test_refresh_and_rate_limit_rules() -> None:
+    assert "idle_ttl must not exceed absolute_ttl" in problems(
+        with_("refresh", {"idle_ttl": 7200, "absolute_ttl": 3600}))[0]
+    bad_policy = {"policies": [{"endpoint": "token", "key": "family", "limit": 1, "window": 1}]}
+    assert "the token endpoint has no family yet" in problems(with_("rate_limits", bad_policy))[0]
+    twice = {"policies": [{"endpoint": "token", "key": "ip", "limit": 1, "window": 1}] * 2}
+    assert "repeated: token-ip" in problems(with_("rate_limits", twice))[0]
+
+
+def test_redis_password_comes_from_env() -> None:
+    env = {**ENV, "REDIS_PASSWORD": "pw-from-env"}
+    settings = settings_from_dict(with_("store", {"url": "redis://127.0.0.1:6379/0"}), environ=env)
+    assert settings.secrets.redis_password is not None
+    assert settings.secrets.redis_password.get_secret_value() == "pw-from-env"
