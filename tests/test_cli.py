@@ -38,9 +38,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config_for(idp, tmp_path)
-    done = run_cli("check-config", "--config", str(config), env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+    env = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET}
+    done = run_cli("check-config", "--config", str(config), "--workers", "1", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("configuration is valid: ")
+    assert "1 worker(s)" in done.stdout
+    # The memory store is per process: the same file with the default gunicorn workers is refused.
+    refused = run_cli("check-config", "--config", str(config), "--workers", "3", env=env)
+    assert refused.returncode == 2
+    assert "store.url: 'memory://': the memory store lives in one process but 3 workers" in refused.stderr
 
 
 def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
@@ -59,7 +65,7 @@ def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
 def test_check_config_uses_the_env_var_for_the_path(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config_for(idp, tmp_path)
     env = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "TOKEN_SERVICE_CONFIG": str(config)}
-    assert run_cli("check-config", env=env).returncode == 0
+    assert run_cli("check-config", "--workers", "1", env=env).returncode == 0
 
 
 def free_port() -> int:
@@ -122,4 +128,4 @@ def test_serve_refuses_the_memory_store_with_several_workers(idp: DevIdP, tmp_pa
     config = dev_config_for(idp, tmp_path)
     done = run_cli("serve", "--config", str(config), "--workers", "2", env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
     assert done.returncode == 2
-    assert "store.url: 'memory://': the memory store lives in one process but 2 workers would run" in done.stderr
+    assert "store.url: 'memory://': the memory store lives in one process but 2 workers would" in done.stderr

@@ -1,4 +1,4 @@
-"""``token-service serve | check-config``: the operator's entry points."""
+"""``token-service serve | check-config | revoke``: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from token_service.errors import ConfigError
-from token_service.settings import CONFIG_ENV, Settings, load_settings
+from token_service.settings import CONFIG_ENV, Settings, check_workers, load_settings
 
 GUNICORN_CONFIG_ENV = "TOKEN_SERVICE_GUNICORN_CONFIG"
 DEFAULT_GUNICORN_CONFIG = Path("deploy/gunicorn.conf.py")
 
 
-def _load_or_exit(path: str | None) -> Settings:
+def _load_or_exit(path: str | None, workers: int | None = None) -> Settings:
     try:
-        return load_settings(path)
+        settings = load_settings(path)
+        if workers is not None:
+            check_workers(settings, workers)
+        return settings
     except ConfigError as exc:
         print(f"configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for problem in exc.problems:
@@ -27,12 +30,15 @@ def _load_or_exit(path: str | None) -> Settings:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    settings = _load_or_exit(args.config)
+    options = _server_options(args)
+    workers = int(options.get("workers", 1))
+    settings = _load_or_exit(args.config, workers)
     where = args.config or os.environ.get(CONFIG_ENV)
     print(
         f"configuration is valid: {where} "
         f"({len(settings.issuers)} issuer(s), {len(settings.roles.sids)} role(s), "
-        f"store {settings.store.url.split('://')[0]}://, token ttl {settings.twilio.token_ttl}s)"
+        f"store {settings.store.url.split('://')[0]}://, {workers} worker(s), "
+        f"token ttl {settings.twilio.token_ttl}s)"
     )
     return 0
 
@@ -59,12 +65,22 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gunicorn_options(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise SystemExit(f"gunicorn config {path} not found")
-    return {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("_")}
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """gunicorn settings: the config file (``--gunicorn-config``, env, or the default), then flags."""
+    chosen = args.gunicorn_config or os.environ.get(GUNICORN_CONFIG_ENV)
+    if chosen is None and DEFAULT_GUNICORN_CONFIG.is_file():
+        chosen = str(DEFAULT_GUNICORN_CONFIG)
+    options: dict[str, Any] = {}
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise SystemExit(f"gunicorn config {path} not found")
+        options = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("_")}
+    if getattr(args, "bind", None):
+        options["bind"] = [args.bind]
+    if args.workers:
+        options["workers"] = args.workers
+    return options
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -74,24 +90,8 @@ def serve(args: argparse.Namespace) -> int:
     from token_service.app import create_app
     from token_service.logs import configure_logging
 
-    settings = _load_or_exit(args.config)
-    chosen = args.gunicorn_config or os.environ.get(GUNICORN_CONFIG_ENV)
-    if chosen is None and DEFAULT_GUNICORN_CONFIG.is_file():
-        chosen = str(DEFAULT_GUNICORN_CONFIG)
-    options = _gunicorn_options(Path(chosen) if chosen else None)
-    if args.bind:
-        options["bind"] = [args.bind]
-    if args.workers:
-        options["workers"] = args.workers
-    workers = int(options.get("workers", 1))
-    if settings.store.is_memory and workers > 1:
-        print(
-            "configuration is invalid (1 problem(s)):\n"
-            f"  - store.url: 'memory://': the memory store lives in one process but {workers} "
-            "workers would run; use --workers 1 or a redis:// store",
-            file=sys.stderr,
-        )
-        return 2
+    options = _server_options(args)
+    settings = _load_or_exit(args.config, int(options.get("workers", 1)))
     configure_logging()
     app = create_app(settings)
 
@@ -112,16 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="token-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check-config", help="validate the configuration and the secrets it needs")
-    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
-    p.set_defaults(func=check_config)
-
-    p = sub.add_parser("serve", help="run the service under gunicorn")
-    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
-    p.add_argument("--gunicorn-config", help=f"default: ${GUNICORN_CONFIG_ENV} or {DEFAULT_GUNICORN_CONFIG}")
-    p.add_argument("--bind", help="override the bind address, e.g. 127.0.0.1:8000")
-    p.add_argument("--workers", type=int, help="override the number of worker processes")
-    p.set_defaults(func=serve)
+    for name, func, text in (
+        ("check-config", check_config, "validate the configuration and the secrets it needs"),
+        ("serve", serve, "run the service under gunicorn"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+        p.add_argument("--gunicorn-config", help=f"default: ${GUNICORN_CONFIG_ENV} or {DEFAULT_GUNICORN_CONFIG}")
+        p.add_argument("--bind", help="override the bind address, e.g. 127.0.0.1:8000")
+        p.add_argument("--workers", type=int, help="override the number of worker processes")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("revoke", help="end every refresh-token family of one identity")
     p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")

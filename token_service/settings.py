@@ -461,6 +461,15 @@ def settings_from_dict(
         raise ConfigError(_format_errors(exc)) from None
 
 
+def check_workers(settings: Settings, workers: int) -> None:
+    """The memory store lives in one process: refuse it when several workers would run."""
+    if settings.store.is_memory and workers > 1:
+        raise ConfigError([
+            f"store.url: 'memory://': the memory store lives in one process but {workers} workers "
+            "would run; use one worker (--workers 1) or a redis:// store"
+        ])
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     environ: dict[str, str] | os._Environ[str] = os.environ,
