@@ -18,6 +18,13 @@ def idp() -> Iterator[DevIdP]:
         yield provider
 
 
+@pytest.fixture
+def own_idp() -> Iterator[DevIdP]:
+    """An IdP of this test's own, free to be stopped or restarted with other keys."""
+    with DevIdP(keys=generate_keys()) as provider:
+        yield provider
+
+
 @pytest.fixture(scope="session")
 def service(idp: DevIdP) -> Iterator[RunningService]:
     with running(settings_for(config_dict(idp.issuer))) as svc:

@@ -94,6 +94,11 @@ def running(settings: Settings) -> Iterator[RunningService]:
         service.close()
 
 
+def rsa(keys: list[dict[str, Any]]) -> dict[str, Any]:
+    """The RS256 key of a key set made by ``devidp.harness.generate_keys``."""
+    return next(k for k in keys if k["alg"] == "RS256")
+
+
 def private_key(jwk: dict[str, Any]) -> Any:
     return jwt.PyJWK(jwk).key
 

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devidp.harness import DevIdP, generate_keys, public_jwks
-from tests.support import AUDIENCES, config_dict, forge, id_claims, problem, running, settings_for
+from tests.support import AUDIENCES, config_dict, forge, id_claims, problem, rsa, running, settings_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def second_idp() -> Iterator[DevIdP]:
-    with DevIdP(keys=generate_keys()) as provider:
-        yield provider
-
-
-def rsa(keys: list[dict]) -> dict:
-    return next(k for k in keys if k["alg"] == "RS256")
 
 
 def issuer_entry(name: str, issuer: str, **extra: object) -> dict:
@@ -29,19 +18,19 @@ def issuer_entry(name: str, issuer: str, **extra: object) -> dict:
             "jwks_refetch_cooldown": 1, **extra}
 
 
-def test_two_issuers_with_prefixes_never_share_an_identity(idp: DevIdP, second_idp: DevIdP) -> None:
+def test_two_issuers_with_prefixes_never_share_an_identity(idp: DevIdP, own_idp: DevIdP) -> None:
     data = config_dict(idp.issuer)
     data["issuers"] = [
         issuer_entry("corp", idp.issuer, identity_prefix="corp."),
-        issuer_entry("partner", second_idp.issuer, identity_prefix="partner."),
+        issuer_entry("partner", own_idp.issuer, identity_prefix="partner."),
     ]
     with running(settings_for(data)) as svc:
         a = svc.post_token(idp.login("alice")["id_token"])
-        b = svc.post_token(second_idp.login("alice")["id_token"])
+        b = svc.post_token(own_idp.login("alice")["id_token"])
         assert a.json()["identity"] == "corp.alice@example.com"
         assert b.json()["identity"] == "partner.alice@example.com"
         # A token claiming the partner issuer but signed with corp's key is refused.
-        crossed = forge(rsa(idp.keys), id_claims(second_idp.issuer))
+        crossed = forge(rsa(idp.keys), id_claims(own_idp.issuer))
         resp = svc.post_token(crossed)
         assert resp.status_code == 401 and problem(resp)["type"] == "invalid_token"
         ready = svc.get("/readyz").json()

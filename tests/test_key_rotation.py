@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
 
 from devidp.harness import DevIdP, generate_keys
-from tests.support import config_dict, forge, id_claims, problem, running, settings_for
+from tests.support import config_dict, forge, id_claims, problem, rsa, running, settings_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_idp() -> Iterator[DevIdP]:
-    with DevIdP(keys=generate_keys()) as provider:
-        yield provider
-
-
-def rsa(keys: list[dict]) -> dict:
-    return next(k for k in keys if k["alg"] == "RS256")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:

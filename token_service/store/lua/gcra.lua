@@ -40,3 +40,14 @@ local function limit(n, now)
   return allowed, retry, states
 end
 
+-- Every request script starts here: returns the 'limited' reply when a bucket refuses, else nil
+-- with the server time and the bucket states for the script's own reply.
+local function check_buckets()
+  local now = now_ms()
+  local allowed, retry, states = limit(tonumber(ARGV[1]), now)
+  if not allowed then
+    return {'limited', retry, states}, now, states
+  end
+  return nil, now, states
+end
+

@@ -1,12 +1,11 @@
 -- Check the buckets, then store a new refresh-token family (design 2.4).
 -- KEYS: buckets..., family hash, live set, identity index.
 -- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, field/value pairs...
-local n = tonumber(ARGV[1])
-local now = now_ms()
-local allowed, retry, states = limit(n, now)
-if not allowed then
-  return {'limited', retry, states}
+local refused, now, states = check_buckets()
+if refused then
+  return refused
 end
+local n = tonumber(ARGV[1])
 local fam, live, idx = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local o = 2 + 2 * n
 local family_id, digest = ARGV[o], ARGV[o + 1]

@@ -1,10 +1,10 @@
 -- Check the buckets, then end the family the presented token belongs to (RFC 7009).
 -- KEYS: buckets..., family hash, live set, used zset. ARGV: n, bucket pairs..., presented digest.
-local n = tonumber(ARGV[1])
-local allowed, retry, states = limit(n, now_ms())
-if not allowed then
-  return {'limited', retry, states}
+local refused, now, states = check_buckets()
+if refused then
+  return refused
 end
+local n = tonumber(ARGV[1])
 local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local presented = ARGV[2 + 2 * n]
 local info = redis.call('HGETALL', fam)

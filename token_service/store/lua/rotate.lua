@@ -2,12 +2,11 @@
 -- A spent token presented again outside the grace window revokes the whole family.
 -- KEYS: buckets..., family hash, live set, used zset (digest -> ms when spent).
 -- ARGV: n, bucket pairs..., presented digest, new digest, idle s, grace s, max used digests.
-local n = tonumber(ARGV[1])
-local now = now_ms()
-local allowed, retry, states = limit(n, now)
-if not allowed then
-  return {'limited', retry, states}
+local refused, now, states = check_buckets()
+if refused then
+  return refused
 end
+local n = tonumber(ARGV[1])
 local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local o = 2 + 2 * n
 local presented, new_digest = ARGV[o], ARGV[o + 1]
