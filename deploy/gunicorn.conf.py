@@ -26,3 +26,11 @@ errorlog = "-"
 loglevel = os.environ.get("TOKEN_SERVICE_LOG_LEVEL", "info")
 # X-Forwarded-* is handled by the app ([server] trusted_proxies), not by gunicorn.
 forwarded_allow_ips = ""
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    """Drop a dead worker's live samples from the shared metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from devidp.harness import DevIdP, generate_keys
 from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import RunningService, config_dict, running, settings_for
+from tests.support import TWILIO_SECRET, RunningService, config_dict, running, settings_for
+from token_service.logs import JsonFormatter
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +57,38 @@ def redis_cluster() -> Iterator[RedisCluster]:
     """Three real masters with the slots split between them."""
     with RedisCluster(masters=3) as cluster:
         yield cluster
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+LEAK_PATTERNS = {
+    "a JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),
+    "a refresh token": re.compile(r"rt1\.[A-Za-z0-9_-]{75}"),
+    "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{20,}"),
+    "the Twilio API key secret": re.compile(re.escape(TWILIO_SECRET)),
+    "a Redis password": re.compile(r"s3cret-pass"),
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_log() -> Iterator[Path]:
+    """Every log line of the whole suite, as the service writes them (JSON), grepped at the end.
+
+    No token, secret or cookie may appear in any of them: the session fails if one does.
+    """
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "suite-log.jsonl"
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    handler.close()
+    text = path.read_text(encoding="utf-8")
+    leaks = [f"{what} in the suite log" for what, pattern in LEAK_PATTERNS.items() if pattern.search(text)]
+    assert not leaks, f"{leaks}: see {path}"
+    assert '"event": "token_issued"' in text  # the log really captured the service's lines

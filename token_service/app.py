@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from token_service.api import health, tokens
+from token_service.api import health, observability, tokens
 from token_service.api.errors import register_error_handlers
 from token_service.issuance import TokenIssuer
+from token_service.logs import install_request_ids
 from token_service.settings import Settings
 from token_service.store import Store, open_store
 
@@ -23,6 +24,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["token_service.settings"] = settings
     app.extensions["token_service.issuer"] = TokenIssuer(settings, store or open_store(settings))
+    install_request_ids()
+    observability.install(app)
     register_error_handlers(app, store_retry_after=settings.store.retry_after)
     app.register_blueprint(tokens.bp)
     app.register_blueprint(health.bp)

@@ -6,6 +6,7 @@ import argparse
 import os
 import runpy
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,31 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _prepare_metrics_dir() -> None:
+    """prometheus-client's multiprocess mode: one fresh directory shared by all workers.
+
+    Must run before anything imports ``prometheus_client`` (the app does), hence here.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="token-service-metrics-")
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    for stale in Path(path).glob("*.db"):  # samples of a previous run would be added in
+        stale.unlink()
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run under gunicorn with ``deploy/gunicorn.conf.py`` (or ``--gunicorn-config``)."""
+    options = _server_options(args)
+    settings = _load_or_exit(args.config, int(options.get("workers", 1)))
+    _prepare_metrics_dir()
+
     from gunicorn.app.base import BaseApplication
 
     from token_service.app import create_app
     from token_service.logs import configure_logging
 
-    options = _server_options(args)
-    settings = _load_or_exit(args.config, int(options.get("workers", 1)))
     configure_logging()
     app = create_app(settings)
 

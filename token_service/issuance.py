@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from token_service.authn.bearer import BearerVerifier
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
+from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, current_month
 from token_service.ratelimit import RateLimiter, rate_limit_headers
 from token_service.settings import Settings
 from token_service.store.base import Bucket, Family, FamilyLifetimes, LimitDecision, Store, StoreUnavailable
@@ -39,12 +40,18 @@ class IssuedToken:
     limits: LimitDecision
 
 
-def _refuse_if_limited(limits: LimitDecision) -> None:
+def rate_limited(endpoint: str, limits: LimitDecision) -> RateLimited:
+    tightest = limits.tightest()
+    RATE_LIMITED.labels(endpoint, tightest.policy if tightest else "").inc()
+    return RateLimited(
+        f"too many requests; retry in {max(1, limits.retry_after)} s",
+        headers=rate_limit_headers(limits),
+    )
+
+
+def _refuse_if_limited(endpoint: str, limits: LimitDecision) -> None:
     if not limits.allowed:
-        raise RateLimited(
-            f"too many requests; retry in {max(1, limits.retry_after)} s",
-            headers=rate_limit_headers(limits),
-        )
+        raise rate_limited(endpoint, limits)
 
 
 class TokenIssuer:
@@ -91,7 +98,7 @@ class TokenIssuer:
         )
         return mint_access_token(self.twilio_key, access, ttl=twilio.token_ttl, include_nbf=twilio.include_nbf)
 
-    def _count_failure(self, buckets: list[Bucket], error: ServiceError) -> ServiceError:
+    def _count_failure(self, endpoint: str, buckets: list[Bucket], error: ServiceError) -> ServiceError:
         """A refused proof still counts against the client-IP bucket, so guessing is limited.
 
         With the store down the original error stands: a 401 should not turn into a 503.
@@ -102,12 +109,7 @@ class TokenIssuer:
             limits = self.store.hit(buckets)
         except StoreUnavailable:
             return error
-        if not limits.allowed:
-            return RateLimited(
-                f"too many requests; retry in {max(1, limits.retry_after)} s",
-                headers=rate_limit_headers(limits),
-            )
-        return error
+        return rate_limited(endpoint, limits) if not limits.allowed else error
 
     # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
@@ -124,7 +126,8 @@ class TokenIssuer:
         except ServiceError as exc:
             if exc.status >= 500:
                 raise
-            raise self._count_failure(self.limiter.buckets("token", ip=client_ip, ip_only=True), exc) from None
+            buckets = self.limiter.buckets("token", ip=client_ip, ip_only=True)
+            raise self._count_failure("token", buckets, exc) from None
         tag = identity_tag(mapped.identity)
         refresh = mint_refresh_token(tag, new_family_id())
         family = Family(
@@ -138,9 +141,10 @@ class TokenIssuer:
             session_id=str(verified.claims.get("sid", "")),
         )
         buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
-        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes)
-        _refuse_if_limited(issued.limits)
+        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes, current_month())
+        _refuse_if_limited("token", issued.limits)
         minted = self.mint(mapped, platform)
+        TOKENS_ISSUED.labels(family.issuer, mapped.role).inc()
         audit.info(
             "token issued",
             extra={
@@ -162,13 +166,17 @@ class TokenIssuer:
         try:
             old = parse_refresh_token(presented)
         except InvalidGrant as exc:
-            raise self._count_failure(self.limiter.buckets("refresh", ip=client_ip), exc) from None
+            raise self._count_failure("refresh", self.limiter.buckets("refresh", ip=client_ip), exc) from None
         new = mint_refresh_token(old.tag, old.family_id)
         buckets = self.limiter.buckets("refresh", ip=client_ip, tag=old.tag, family_id=old.family_id)
-        rotation = self.store.rotate(buckets, old.tag, old.family_id, old.digest, new.digest, self.lifetimes)
-        _refuse_if_limited(rotation.limits)
+        rotation = self.store.rotate(
+            buckets, old.tag, old.family_id, old.digest, new.digest, self.lifetimes, current_month()
+        )
+        REFRESHES.labels(rotation.outcome).inc()
+        _refuse_if_limited("refresh", rotation.limits)
         family = rotation.family
         if rotation.outcome == "reused" and family is not None:
+            FAMILIES_REVOKED.labels("reuse").inc()
             audit.warning(
                 "refresh token reuse detected: family revoked",
                 extra={
@@ -205,11 +213,12 @@ class TokenIssuer:
             token = parse_refresh_token(presented)
         except InvalidGrant:
             limits = self.store.hit(buckets)
-            _refuse_if_limited(limits)
+            _refuse_if_limited("revoke", limits)
             return limits
         revocation = self.store.revoke(buckets, token.tag, token.family_id, token.digest)
-        _refuse_if_limited(revocation.limits)
+        _refuse_if_limited("revoke", revocation.limits)
         if revocation.revoked and revocation.family is not None:
+            FAMILIES_REVOKED.labels("revoke").inc()
             audit.info(
                 "refresh family revoked",
                 extra={
@@ -223,6 +232,7 @@ class TokenIssuer:
 
     def revoke_identity(self, identity: str) -> int:
         count = self.store.revoke_identity(identity_tag(identity), identity)
+        FAMILIES_REVOKED.labels("identity").inc(count)
         audit.info(
             "identity revoked",
             extra={"event": "identity_revoked", "identity": identity, "families": count},

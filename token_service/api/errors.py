@@ -13,6 +13,7 @@ import logging
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
+from token_service.api.observability import record_denial
 from token_service.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -30,6 +31,7 @@ REALM = "token-service"
 
 
 def problem_response(err: ServiceError) -> Response:
+    record_denial(err.type, err.status, err.detail)
     body = {
         "type": err.type,
         "title": err.title,

@@ -104,6 +104,7 @@ def cache_for(issuer: IssuerSettings) -> JwksCache:
     )
     return JwksCache(
         source,
+        name=issuer.name,
         ttl=issuer.jwks_ttl,
         cooldown=issuer.jwks_refetch_cooldown,
         max_stale=issuer.jwks_max_stale,

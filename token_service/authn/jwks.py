@@ -11,6 +11,7 @@ remembered, so a flood of random kids cannot flood the IdP.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from typing import Any
 
 import jwt
 import requests
+
+from token_service.metrics import JWKS_FETCHES
+
+log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 512 * 1024
 MAX_BAD_KIDS = 1024
@@ -149,12 +154,14 @@ class JwksCache:
         self,
         source: KeySource,
         *,
+        name: str = "",
         ttl: float,
         cooldown: float,
         max_stale: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self.name = name
         self.ttl = ttl
         self.cooldown = cooldown
         self.max_stale = max_stale
@@ -182,7 +189,11 @@ class JwksCache:
         except FetchError as exc:
             self._failures += 1
             self._last_error = str(exc)
+            JWKS_FETCHES.labels(self.name, "error").inc()
+            log.warning("jwks fetch failed", extra={"event": "jwks_fetch_failed", "issuer": self.name,
+                                                    "error": self._last_error})
             return
+        JWKS_FETCHES.labels(self.name, "ok").inc()
         self._keys = keys
         self._fetched_at = self._clock()
         self._last_error = None

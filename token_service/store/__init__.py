@@ -52,6 +52,13 @@ def _tls_options(store: StoreSettings) -> dict[str, Any]:
 
 
 def open_store(settings: Settings) -> Store:
+    """The configured backend, wrapped so every call is timed and every failure counted."""
+    from token_service.store.instrumented import InstrumentedStore
+
+    return InstrumentedStore(_open_backend(settings))
+
+
+def _open_backend(settings: Settings) -> Store:
     store = settings.store
     if store.is_memory:
         from token_service.store.memory import MemoryStore

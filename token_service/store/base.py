@@ -112,16 +112,20 @@ class Store(ABC):
 
     @abstractmethod
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes) -> Issued:
-        """Check ``buckets``; if all allow, store a new family whose live token is ``digest``."""
+              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
+        """Check ``buckets``; if all allow, store a new family whose live token is ``digest``.
+
+        With ``month`` (``YYYY-MM``), the identity also counts as active that month.
+        """
 
     @abstractmethod
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
-               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+               new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:
         """Check ``buckets``; then spend ``presented`` and make ``new_digest`` live.
 
         ``reused`` (and the whole family revoked) when ``presented`` was already spent outside
-        the grace window; ``grace`` when inside it; ``revoked``/``unknown`` otherwise.
+        the grace window; ``grace`` when inside it; ``revoked``/``unknown`` otherwise. A
+        successful rotation counts the identity as active in ``month``.
         """
 
     @abstractmethod
@@ -135,6 +139,10 @@ class Store(ABC):
     @abstractmethod
     def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         """Count one request against ``buckets`` (refused requests and failed proofs)."""
+
+    @abstractmethod
+    def active_identities(self, month: str) -> int:
+        """How many distinct identities got a token in ``month`` (approximate on Redis: HLL)."""
 
     @abstractmethod
     def ping(self) -> float:

@@ -44,11 +44,12 @@ class _FamilyState:
 
 
 class MemoryStore(Store):
-    def __init__(self, clock_ms: type[int] | None = None) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str, str], tuple[int, int]] = {}  # -> (tat, expires)
         self._families: dict[tuple[str, str], _FamilyState] = {}
         self._index: dict[str, set[str]] = {}
+        self._active: dict[str, set[str]] = {}  # month -> identity tags
         self._ops = 0
 
     # -- buckets ----------------------------------------------------------------------------
@@ -70,6 +71,10 @@ class MemoryStore(Store):
             return
         self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now}
         self._families = {k: v for k, v in self._families.items() if v.expires() > now}
+        self._index = {
+            tag: live for tag, ids in self._index.items()
+            if (live := {i for i in ids if (tag, i) in self._families})
+        }
 
     def _family(self, tag: str, family_id: str, now: int) -> _FamilyState | None:
         state = self._families.get((tag, family_id))
@@ -84,7 +89,7 @@ class MemoryStore(Store):
             return self._check(buckets, now_ms())
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes) -> Issued:
+              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
         with self._lock:
             now = now_ms()
             self._sweep(now)
@@ -99,10 +104,12 @@ class MemoryStore(Store):
             )
             self._families[(family.tag, family.family_id)] = state
             self._index.setdefault(family.tag, set()).add(family.family_id)
+            if month:
+                self._active.setdefault(month, set()).add(family.tag)
             return Issued(limits, expires_at=state.expires() // 1000)
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
-               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+               new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:
         with self._lock:
             now = now_ms()
             limits = self._check(buckets, now)
@@ -129,6 +136,8 @@ class MemoryStore(Store):
                 return Rotation("unknown", limits)
             state.live.add(new_digest)
             state.idle_exp = now + lifetimes.idle * 1000
+            if month:
+                self._active.setdefault(month, set()).add(tag)
             return Rotation(outcome, limits, state.family, expires_at=state.expires() // 1000)
 
     def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
@@ -158,6 +167,10 @@ class MemoryStore(Store):
                 state.revoked = True
                 state.live.clear()
             return count
+
+    def active_identities(self, month: str) -> int:
+        with self._lock:
+            return len(self._active.get(month, ()))
 
     def ping(self) -> float:
         return 0.0

@@ -76,6 +76,18 @@ class RedisStore(Store):
     def index_key(self, tag: str) -> str:
         return f"{self.prefix}{{{tag}}}:idx"
 
+    def active_key(self, month: str) -> str:
+        return f"{self.prefix}active:{month}"
+
+    def _active_keys(self, month: str) -> list[str]:
+        """The HyperLogLog joins the request's script, except on a Cluster (another slot)."""
+        return [self.active_key(month)] if month and not self.cluster else []
+
+    def _count_active_apart(self, month: str, tag: str) -> None:
+        if month and self.cluster:
+            key = self.active_key(month)
+            self._call(lambda: self.client.pfadd(key, tag))
+
     # -- plumbing ---------------------------------------------------------------------------
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -121,7 +133,7 @@ class RedisStore(Store):
         return decision
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes) -> Issued:
+              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
         first, rest = self._split(buckets, family.tag)
         if not first.allowed:
             return Issued(first)
@@ -130,23 +142,28 @@ class RedisStore(Store):
         for name in _FAMILY_FIELDS:
             fields += [name, getattr(family, name)]
         reply = self._run(
-            "issue", rest, [fam, fam + ":live", self.index_key(family.tag)],
-            [family.family_id, digest, lifetimes.idle, lifetimes.absolute, *fields],
+            "issue", rest, [fam, fam + ":live", self.index_key(family.tag), *self._active_keys(month)],
+            [family.family_id, digest, lifetimes.idle, lifetimes.absolute, family.tag, *fields],
         )
         limits = first.merged(_decision(reply[0], reply[1], reply[2], rest))
-        return Issued(limits, expires_at=int(reply[4]) if limits.allowed else 0)
+        if not limits.allowed:
+            return Issued(limits)
+        self._count_active_apart(month, family.tag)
+        return Issued(limits, expires_at=int(reply[4]))
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
-               new_digest: str, lifetimes: FamilyLifetimes) -> Rotation:
+               new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:
         first, rest = self._split(buckets, tag)
         if not first.allowed:
             return Rotation("limited", first)
         fam = self.family_key(tag, family_id)
         reply = self._run(
-            "rotate", rest, [fam, fam + ":live", fam + ":used"],
-            [presented, new_digest, lifetimes.idle, lifetimes.reuse_grace, MAX_USED_DIGESTS],
+            "rotate", rest, [fam, fam + ":live", fam + ":used", *self._active_keys(month)],
+            [presented, new_digest, lifetimes.idle, lifetimes.reuse_grace, MAX_USED_DIGESTS, tag],
         )
         outcome = reply[0]
+        if outcome in ("rotated", "grace"):
+            self._count_active_apart(month, tag)
         limits = first.merged(_decision(outcome, reply[1], reply[2], rest))
         family = _family(tag, family_id, reply[3]) if len(reply) > 3 and reply[3] else None
         expires_at = int(reply[4]) if len(reply) > 4 else 0
@@ -166,6 +183,10 @@ class RedisStore(Store):
         script = self._scripts["revoke_identity"]
         prefix = self.family_key(tag, "")
         return int(self._call(lambda: script(keys=[self.index_key(tag)], args=[prefix, identity])))
+
+    def active_identities(self, month: str) -> int:
+        key = self.active_key(month)
+        return int(self._call(lambda: self.client.pfcount(key)))
 
     def ping(self) -> float:
         started = time.perf_counter()

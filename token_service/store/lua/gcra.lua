@@ -51,3 +51,11 @@ local function check_buckets()
   return nil, now, states
 end
 
+-- Billing: count the identity tag as active this month (a HyperLogLog: 12 KB for any number).
+local function count_active(key, tag)
+  if key then
+    redis.call('PFADD', key, tag)
+    redis.call('EXPIRE', key, 3456000)
+  end
+end
+

@@ -1,7 +1,9 @@
 -- Check the buckets, then spend the presented refresh token and make the new one live.
 -- A spent token presented again outside the grace window revokes the whole family.
--- KEYS: buckets..., family hash, live set, used zset (digest -> ms when spent).
--- ARGV: n, bucket pairs..., presented digest, new digest, idle s, grace s, max used digests.
+-- KEYS: buckets..., family hash, live set, used zset (digest -> ms when spent),
+--       [active-identities HyperLogLog].
+-- ARGV: n, bucket pairs..., presented digest, new digest, idle s, grace s, max used digests,
+--       identity tag.
 local refused, now, states = check_buckets()
 if refused then
   return refused
@@ -42,4 +44,5 @@ local expires = math.min(tonumber(redis.call('HGET', fam, 'abs_exp')), now + idl
 redis.call('PEXPIREAT', fam, fmt(expires))
 redis.call('PEXPIREAT', live, fmt(expires))
 redis.call('PEXPIREAT', used, fmt(expires))
+count_active(KEYS[n + 4], ARGV[o + 5])
 return {outcome, 0, states, info, math.floor(expires / 1000)}

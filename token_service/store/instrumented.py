@@ -1,0 +1,67 @@
+"""A ``Store`` wrapper that times every call and counts failures, whatever the backend.
+
+Kept apart from the backends so they stay about storage, and the metrics stay the same for all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from token_service.metrics import STORE_DURATION, STORE_ERRORS
+from token_service.store.base import (
+    Bucket,
+    Family,
+    FamilyLifetimes,
+    Issued,
+    LimitDecision,
+    Revocation,
+    Rotation,
+    Store,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+
+
+class InstrumentedStore(Store):
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def _measure(self, operation: str, call: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return call()
+        except StoreUnavailable:
+            STORE_ERRORS.labels(operation).inc()
+            raise
+        finally:
+            STORE_DURATION.labels(operation).observe(time.perf_counter() - started)
+
+    def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
+              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
+        return self._measure("issue", lambda: self.inner.issue(buckets, family, digest, lifetimes, month))
+
+    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
+               new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:
+        return self._measure("rotate", lambda: self.inner.rotate(
+            buckets, tag, family_id, presented, new_digest, lifetimes, month))
+
+    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
+        return self._measure("revoke", lambda: self.inner.revoke(buckets, tag, family_id, presented))
+
+    def revoke_identity(self, tag: str, identity: str) -> int:
+        return self._measure("revoke_identity", lambda: self.inner.revoke_identity(tag, identity))
+
+    def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        return self._measure("hit", lambda: self.inner.hit(buckets))
+
+    def active_identities(self, month: str) -> int:
+        return self._measure("active_identities", lambda: self.inner.active_identities(month))
+
+    def ping(self) -> float:
+        return self._measure("ping", self.inner.ping)
+
+    def close(self) -> None:
+        self.inner.close()
