@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from token_service.api import health, observability, tokens
+from token_service.api import health, observability, openapi, tokens
 from token_service.api.errors import register_error_handlers
 from token_service.issuance import TokenIssuer
 from token_service.logs import install_request_ids
@@ -29,6 +29,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     register_error_handlers(app, store_retry_after=settings.store.retry_after)
     app.register_blueprint(tokens.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    app.extensions["token_service.openapi"] = openapi.build_openapi(settings)
     hops = settings.server.trusted_proxies
     if hops:
         # X-Forwarded-* is honoured only through the configured number of trusted proxies.

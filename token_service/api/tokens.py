@@ -49,20 +49,28 @@ def request_params() -> dict[str, Any]:
 
 
 def optional_string(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
+    """``body[name]`` when present, which must then be a string (``null`` is not)."""
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, str):
         raise InvalidRequest(f"'{name}' must be a string")
     return value
 
 
 def refresh_token_param(body: dict[str, Any], *names: str) -> str:
+    """The first of ``names`` present; every one present must be a plausible token string."""
+    found = []
     for name in names:
         value = optional_string(body, name)
-        if value:
-            if len(value) > MAX_REFRESH_TOKEN_CHARS:
-                raise InvalidRequest(f"'{name}' is too long to be a refresh token")
-            return value
-    raise InvalidRequest(f"send the refresh token as '{names[0]}'")
+        if value is None:
+            continue
+        if not value or len(value) > MAX_REFRESH_TOKEN_CHARS:
+            raise InvalidRequest(f"'{name}' must be 1 to {MAX_REFRESH_TOKEN_CHARS} characters")
+        found.append(value)
+    if not found:
+        raise InvalidRequest(f"send the refresh token as '{names[0]}'")
+    return found[0]
 
 
 def _rfc3339(epoch: int) -> str:
@@ -113,6 +121,7 @@ def revoke_token() -> Response:
     """RFC 7009 2.2: 200 whether or not the token was known, once the request is well-formed."""
     body = request_params()
     presented = refresh_token_param(body, "refresh_token", "token")
+    optional_string(body, "token_type_hint")  # RFC 7009: a hint only, but it must be a string
     limits = issuer().revoke(presented, client_ip=request.remote_addr)
     resp = jsonify(revoked=True)
     resp.headers["Cache-Control"] = "no-store"
