@@ -1,6 +1,7 @@
 # token-service: every target installs what it needs first, from the lock files.
 #   make test   ruff + the whole test suite (real oidc-provider, real HTTP)
 #   make run    the service on embedded defaults + the development identity provider
+#   make bench  req/s of /v1/token and /v1/token/refresh vs a bare Flask baseline (wrk; root installs it)
 #   make lock   re-resolve requirements.lock after changing pyproject.toml
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint run lock clean
+.PHONY: install test lint run lock clean bench
 
 install: $(STAMP) devidp/node_modules/.package-lock.json
 
@@ -29,6 +30,9 @@ test: lint
 
 run: install
 	$(BIN)/python dev/run.py
+
+bench: install
+	$(BIN)/python -m bench.run
 
 lock:
 	$(PYTHON) -m pip install --quiet uv

@@ -140,6 +140,35 @@ class Store(ABC):
     def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         """Count one request against ``buckets`` (refused requests and failed proofs)."""
 
+    # -- small key-value and index primitives for browser sessions and logout -------------
+    @abstractmethod
+    def put(self, key: str, value: str, ttl: int) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds."""
+
+    @abstractmethod
+    def get(self, key: str) -> str | None:
+        """The live value under ``key``, or None."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+
+    @abstractmethod
+    def add_once(self, key: str, ttl: int) -> bool:
+        """True the first time ``key`` is added within ``ttl``; False on a replay."""
+
+    @abstractmethod
+    def link(self, index: str, member: str, ttl: int) -> None:
+        """Add ``member`` to the set ``index`` (kept at least ``ttl`` seconds)."""
+
+    @abstractmethod
+    def members(self, index: str) -> list[str]:
+        """The members of the set ``index``."""
+
+    @abstractmethod
+    def revoke_families(self, refs: Sequence[tuple[str, str]]) -> int:
+        """End the families ``(tag, family_id)``; return how many were live (logout)."""
+
     @abstractmethod
     def active_identities(self, month: str) -> int:
         """How many distinct identities got a token in ``month`` (approximate on Redis: HLL)."""

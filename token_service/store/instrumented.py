@@ -57,6 +57,27 @@ class InstrumentedStore(Store):
     def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         return self._measure("hit", lambda: self.inner.hit(buckets))
 
+    def put(self, key: str, value: str, ttl: int) -> None:
+        self._measure("put", lambda: self.inner.put(key, value, ttl))
+
+    def get(self, key: str) -> str | None:
+        return self._measure("get", lambda: self.inner.get(key))
+
+    def delete(self, key: str) -> None:
+        self._measure("delete", lambda: self.inner.delete(key))
+
+    def add_once(self, key: str, ttl: int) -> bool:
+        return self._measure("add_once", lambda: self.inner.add_once(key, ttl))
+
+    def link(self, index: str, member: str, ttl: int) -> None:
+        self._measure("link", lambda: self.inner.link(index, member, ttl))
+
+    def members(self, index: str) -> list[str]:
+        return self._measure("members", lambda: self.inner.members(index))
+
+    def revoke_families(self, refs: Sequence[tuple[str, str]]) -> int:
+        return self._measure("revoke_families", lambda: self.inner.revoke_families(refs))
+
     def active_identities(self, month: str) -> int:
         return self._measure("active_identities", lambda: self.inner.active_identities(month))
 

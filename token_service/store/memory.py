@@ -50,6 +50,8 @@ class MemoryStore(Store):
         self._families: dict[tuple[str, str], _FamilyState] = {}
         self._index: dict[str, set[str]] = {}
         self._active: dict[str, set[str]] = {}  # month -> identity tags
+        self._values: dict[str, tuple[str, int]] = {}  # key -> (value, expires ms)
+        self._sets: dict[str, tuple[set[str], int]] = {}  # key -> (members, expires ms)
         self._ops = 0
 
     # -- buckets ----------------------------------------------------------------------------
@@ -70,6 +72,8 @@ class MemoryStore(Store):
         if self._ops % 1024:
             return
         self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now}
+        self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        self._sets = {k: v for k, v in self._sets.items() if v[1] > now}
         self._families = {k: v for k, v in self._families.items() if v.expires() > now}
         self._index = {
             tag: live for tag, ids in self._index.items()
@@ -164,6 +168,55 @@ class MemoryStore(Store):
                     continue
                 if not state.revoked:
                     count += 1
+                state.revoked = True
+                state.live.clear()
+            return count
+
+    def put(self, key: str, value: str, ttl: int) -> None:
+        with self._lock:
+            self._values[key] = (value, now_ms() + ttl * 1000)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            found = self._values.get(key)
+            return found[0] if found and found[1] > now_ms() else None
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    def add_once(self, key: str, ttl: int) -> bool:
+        with self._lock:
+            now = now_ms()
+            found = self._values.get(key)
+            if found and found[1] > now:
+                return False
+            self._values[key] = ("1", now + ttl * 1000)
+            return True
+
+    def link(self, index: str, member: str, ttl: int) -> None:
+        with self._lock:
+            now = now_ms()
+            members, expires = self._sets.get(index, (set(), 0))
+            if expires <= now:
+                members = set()
+            members.add(member)
+            self._sets[index] = (members, max(expires, now + ttl * 1000))
+
+    def members(self, index: str) -> list[str]:
+        with self._lock:
+            members, expires = self._sets.get(index, (set(), 0))
+            return sorted(members) if expires > now_ms() else []
+
+    def revoke_families(self, refs: Sequence[tuple[str, str]]) -> int:
+        with self._lock:
+            now = now_ms()
+            count = 0
+            for tag, family_id in refs:
+                state = self._family(tag, family_id, now)
+                if state is None:
+                    continue
+                count += not state.revoked
                 state.revoked = True
                 state.live.clear()
             return count

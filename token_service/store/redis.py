@@ -63,7 +63,7 @@ class RedisStore(Store):
         self.cluster = cluster
         self._scripts: dict[str, Script] = {
             name: client.register_script(_source(name))
-            for name in ("limit", "issue", "rotate", "revoke", "revoke_identity")
+            for name in ("limit", "issue", "rotate", "revoke", "revoke_identity", "link", "revoke_family")
         }
 
     # -- keys -------------------------------------------------------------------------------
@@ -183,6 +183,33 @@ class RedisStore(Store):
         script = self._scripts["revoke_identity"]
         prefix = self.family_key(tag, "")
         return int(self._call(lambda: script(keys=[self.index_key(tag)], args=[prefix, identity])))
+
+    def put(self, key: str, value: str, ttl: int) -> None:
+        self._call(lambda: self.client.set(self.prefix + key, value, ex=ttl))
+
+    def get(self, key: str) -> str | None:
+        return self._call(lambda: self.client.get(self.prefix + key))  # type: ignore[no-any-return]
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.client.delete(self.prefix + key))
+
+    def add_once(self, key: str, ttl: int) -> bool:
+        return bool(self._call(lambda: self.client.set(self.prefix + key, "1", ex=ttl, nx=True)))
+
+    def link(self, index: str, member: str, ttl: int) -> None:
+        script = self._scripts["link"]
+        self._call(lambda: script(keys=[self.prefix + index], args=[member, ttl]))
+
+    def members(self, index: str) -> list[str]:
+        return sorted(self._call(lambda: self.client.smembers(self.prefix + index)))
+
+    def revoke_families(self, refs: Sequence[tuple[str, str]]) -> int:
+        script = self._scripts["revoke_family"]
+        count = 0
+        for tag, family_id in refs:  # one slot each: a Cluster routes every call on its own
+            fam = self.family_key(tag, family_id)
+            count += int(self._call(lambda fam=fam: script(keys=[fam, fam + ":live"], args=["logout"])))
+        return count
 
     def active_identities(self, month: str) -> int:
         key = self.active_key(month)
