@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test lint run lock clean bench
 
-install: $(STAMP) devidp/node_modules/.package-lock.json
+install: $(STAMP) devidp/node_modules/.package-lock.json tests/twilio_spec/node_modules/.package-lock.json
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 devidp/node_modules/.package-lock.json: devidp/package-lock.json
 	npm ci --prefix devidp --no-audit --no-fund --loglevel=error
+
+tests/twilio_spec/node_modules/.package-lock.json: tests/twilio_spec/package-lock.json
+	npm ci --prefix tests/twilio_spec --no-audit --no-fund --loglevel=error
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,4 +42,4 @@ lock:
 	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) devidp/node_modules .pytest_cache .ruff_cache .dev
+	rm -rf $(VENV) devidp/node_modules tests/twilio_spec/node_modules .pytest_cache .ruff_cache .dev
