@@ -172,6 +172,7 @@ def test_request_id_from_a_trusted_gateway(
     caplog.set_level(logging.INFO)
     data = config_dict(idp.issuer)
     data["server"] = {"trusted_proxies": 1}
+    data["logging"] = {"access_log": True}
     with running(settings_for(data)) as svc:
         resp = svc.post_token(forge(rsa_key, id_claims(idp.issuer)), headers={"X-Request-ID": "gw-abc.123"})
         assert resp.headers["X-Request-ID"] == "gw-abc.123"

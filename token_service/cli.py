@@ -109,7 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     from token_service.app import create_app
     from token_service.logs import configure_logging
 
-    configure_logging()
+    configure_logging(settings.logging.level)
     app = create_app(settings)
 
     class Server(BaseApplication):  # type: ignore[misc]

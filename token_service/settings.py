@@ -318,6 +318,15 @@ class RolesSettings(_Section):
         return self
 
 
+class LoggingSettings(_Section):
+    """``[logging]``: JSON lines on stderr; audit events are always on."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One line per request (method, path, status, duration). The gateway usually logs these
+    # already, and each line costs CPU on the hot path, so it is opt-in.
+    access_log: bool = False
+
+
 class Secrets(BaseModel):
     """Secrets, read from the environment (``NAME``) or a file (``NAME_FILE``), never from TOML."""
 
@@ -347,6 +356,7 @@ class Settings(_Section):
     roles: RolesSettings
     refresh: RefreshSettings = RefreshSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    logging: LoggingSettings = LoggingSettings()
     secrets: Secrets
 
     @model_validator(mode="after")

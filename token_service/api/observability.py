@@ -43,6 +43,8 @@ def _finish(resp: Response) -> Response:
     HTTP_REQUESTS.labels(endpoint, request.method, str(resp.status_code)).inc()
     HTTP_DURATION.labels(endpoint).observe(elapsed)
     resp.headers["X-Request-ID"] = g.get("request_id", "")
+    if not current_app.extensions["token_service.settings"].logging.access_log:
+        return resp
     access.info(
         "request",
         extra={

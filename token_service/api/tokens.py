@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -74,7 +75,7 @@ def refresh_token_param(body: dict[str, Any], *names: str) -> str:
 
 
 def _rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _with_limits(resp: Response, limits: LimitDecision) -> Response:
@@ -84,16 +85,18 @@ def _with_limits(resp: Response, limits: LimitDecision) -> Response:
 
 def token_response(issued: IssuedToken) -> Response:
     minted = issued.access
-    resp = jsonify(
-        token=minted.jwt,
-        identity=issued.mapped.identity,
-        role=issued.mapped.role,
-        role_sid=issued.mapped.role_sid,
-        expires_in=minted.expires_at - minted.issued_at,
-        expires_at=_rfc3339(minted.expires_at),
-        refresh_token=issued.refresh_token,
-        refresh_expires_at=_rfc3339(issued.refresh_expires_at),
-    )
+    body = {
+        "token": minted.jwt,
+        "identity": issued.mapped.identity,
+        "role": issued.mapped.role,
+        "role_sid": issued.mapped.role_sid,
+        "expires_in": minted.expires_at - minted.issued_at,
+        "expires_at": _rfc3339(minted.expires_at),
+        "refresh_token": issued.refresh_token,
+        "refresh_expires_at": _rfc3339(issued.refresh_expires_at),
+    }
+    # Built directly rather than with jsonify: this is the hot path, and the body is flat.
+    resp = Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Pragma"] = "no-cache"
     return _with_limits(resp, issued.limits)

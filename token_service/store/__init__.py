@@ -34,6 +34,8 @@ def _connection_options(store: StoreSettings, password: str | None) -> dict[str,
         # Timeouts are not retried: the script may have run, and a rerun could look like reuse.
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "decode_responses": True,
+        # RESP2: no HELLO handshake, and hiredis parses every reply in C.
+        "protocol": 2,
     }
     if password:
         options["password"] = password

@@ -10,6 +10,7 @@ before (two round trips there; one on standalone and Sentinel). Redis errors bec
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,9 +52,14 @@ def _decision(outcome: str, retry: Any, flat: Sequence[Any], buckets: Sequence[B
     return LimitDecision(allowed=outcome != "limited", retry_after=int(retry), states=states)
 
 
-def _family(tag: str, family_id: str, info: Sequence[Any]) -> Family:
-    fields = dict(zip(info[::2], info[1::2], strict=True))
+def _family(tag: str, family_id: str, meta: str) -> Family:
+    fields = json.loads(meta)
     return Family(family_id=family_id, tag=tag, **{k: fields.get(k, "") for k in _FAMILY_FIELDS})
+
+
+def _meta(family: Family) -> str:
+    """The family's description as one JSON field: one argument in, one string out."""
+    return json.dumps({k: getattr(family, k) for k in _FAMILY_FIELDS}, separators=(",", ":"))
 
 
 class RedisStore(Store):
@@ -138,12 +144,10 @@ class RedisStore(Store):
         if not first.allowed:
             return Issued(first)
         fam = self.family_key(family.tag, family.family_id)
-        fields: list[str] = []
-        for name in _FAMILY_FIELDS:
-            fields += [name, getattr(family, name)]
         reply = self._run(
             "issue", rest, [fam, fam + ":live", self.index_key(family.tag), *self._active_keys(month)],
-            [family.family_id, digest, lifetimes.idle, lifetimes.absolute, family.tag, *fields],
+            [family.family_id, digest, lifetimes.idle, lifetimes.absolute, family.tag, family.identity,
+             _meta(family)],
         )
         limits = first.merged(_decision(reply[0], reply[1], reply[2], rest))
         if not limits.allowed:

@@ -53,8 +53,7 @@ end
 
 -- Billing: count the identity tag as active this month (a HyperLogLog: 12 KB for any number).
 local function count_active(key, tag)
-  if key then
-    redis.call('PFADD', key, tag)
+  if key and redis.call('PFADD', key, tag) == 1 then
     redis.call('EXPIRE', key, 3456000)
   end
 end

@@ -1,7 +1,7 @@
 -- Check the buckets, then store a new refresh-token family (design 2.4).
 -- KEYS: buckets..., family hash, live set, identity index, [active-identities HyperLogLog].
--- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, identity tag,
---       field/value pairs...
+-- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, identity tag, identity,
+--       family metadata (JSON).
 local refused, now, states = check_buckets()
 if refused then
   return refused
@@ -13,11 +13,7 @@ local family_id, digest = ARGV[o], ARGV[o + 1]
 local idle, absolute = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000
 local abs_exp = now + absolute
 local expires = math.min(abs_exp, now + idle)
-local fields = {}
-for i = o + 5, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', fam, 'abs_exp', fmt(abs_exp), 'revoked', '0', unpack(fields))
+redis.call('HSET', fam, 'abs_exp', fmt(abs_exp), 'revoked', '0', 'identity', ARGV[o + 5], 'meta', ARGV[o + 6])
 redis.call('SADD', live, digest)
 redis.call('PEXPIREAT', fam, fmt(expires))
 redis.call('PEXPIREAT', live, fmt(expires))

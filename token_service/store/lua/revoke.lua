@@ -7,8 +7,8 @@ end
 local n = tonumber(ARGV[1])
 local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local presented = ARGV[2 + 2 * n]
-local info = redis.call('HGETALL', fam)
-if #info == 0 then
+local info = redis.call('HGET', fam, 'meta')
+if not info then
   return {'unknown', 0, states}
 end
 if redis.call('SISMEMBER', live, presented) == 0 and not redis.call('ZSCORE', used, presented) then

@@ -13,8 +13,8 @@ local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local o = 2 + 2 * n
 local presented, new_digest = ARGV[o], ARGV[o + 1]
 local idle, grace, max_used = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000, tonumber(ARGV[o + 4])
-local info = redis.call('HGETALL', fam)
-if #info == 0 then
+local info = redis.call('HGET', fam, 'meta')
+if not info then
   return {'unknown', 0, states}
 end
 if redis.call('HGET', fam, 'revoked') == '1' then
