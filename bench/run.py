@@ -439,6 +439,7 @@ def server_env(settings: Settings) -> dict[str, str]:
     env["TOKEN_SERVICE_THREADS"] = str(settings.threads)
     # The bench's SIDs are fake, so a throwaway signing secret is as good as a real one.
     env.setdefault("TWILIO_API_KEY_SECRET", secrets.token_hex(32))
+    env.setdefault("TOKEN_SERVICE_SESSION_KEY", secrets.token_hex(32))
     return env
 
 

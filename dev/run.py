@@ -27,7 +27,9 @@ NEXT_STEPS = f"""
  Development identity provider at {IDP}: users alice, bob (admin), carol, dave
  (DEVELOPMENT ONLY: it signs in anyone who picks a name. Never deploy it.)
 
- In another terminal, from {ROOT}:
+ Browser: open {SERVICE}/demo/ and sign in (pick alice or bob at the IdP).
+
+ Or, in another terminal, from {ROOT}:
    ID_TOKEN=$(.venv/bin/python -m devidp token alice)
    curl -s -X POST {SERVICE}/v1/token -H "Authorization: Bearer $ID_TOKEN"
    curl -s {SERVICE}/readyz
@@ -61,6 +63,7 @@ def main() -> int:
     env = dict(os.environ)
     # A throwaway signing secret: the dev SIDs are fake, so Twilio would refuse these tokens anyway.
     env.setdefault("TWILIO_API_KEY_SECRET", secrets.token_hex(32))
+    env.setdefault("TOKEN_SERVICE_SESSION_KEY", secrets.token_hex(32))
     python = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -226,30 +226,7 @@ def oidc_login(
 
     with requests.Session() as session:
         url = f"{meta['authorization_endpoint']}?{urlencode(params)}"
-        resp = session.get(url, allow_redirects=False, timeout=HTTP_TIMEOUT)
-        posted = False
-        for _ in range(MAX_REDIRECTS):
-            if resp.is_redirect:
-                location = urljoin(resp.url, resp.headers["Location"])
-                if _same_endpoint(location, redirect_uri):
-                    code = _code_from_callback(location, state)
-                    break
-                resp = session.get(location, allow_redirects=False, timeout=HTTP_TIMEOUT)
-                continue
-            if resp.status_code == 200 and not posted and "/interaction/" in resp.url:
-                action = _form_action(resp.text, resp.url)
-                resp = session.post(
-                    action, data={"login": username}, allow_redirects=False, timeout=HTTP_TIMEOUT
-                )
-                posted = True
-                continue
-            raise DevIdPError(
-                f"login for {username!r} stopped at {urlsplit(resp.url).path} "
-                f"with HTTP {resp.status_code}: {_summary(resp.text)}"
-            )
-        else:
-            raise DevIdPError("too many redirects during login")
-
+        code = _code_from_callback(follow_authorization(session, url, username, redirect_uri), state)
         token_data = {
             "grant_type": "authorization_code",
             "code": code,
@@ -266,6 +243,34 @@ def oidc_login(
     if "id_token" in tokens and _jwt_payload(tokens["id_token"]).get("nonce") != nonce:
         raise DevIdPError("id_token nonce does not match the request")
     return tokens
+
+
+def follow_authorization(session: requests.Session, url: str, username: str, redirect_uri: str) -> str:
+    """Drive the IdP from an authorization URL to the redirect back to ``redirect_uri``.
+
+    Posts the login form for ``username`` (consent is automatic) and returns the full callback
+    URL (with ``code`` and ``state``) without requesting it. Used for relying parties that build
+    their own authorization request, such as the service's browser login.
+    """
+    resp = session.get(url, allow_redirects=False, timeout=HTTP_TIMEOUT)
+    posted = False
+    for _ in range(MAX_REDIRECTS):
+        if resp.is_redirect:
+            location = urljoin(resp.url, resp.headers["Location"])
+            if _same_endpoint(location, redirect_uri):
+                return location
+            resp = session.get(location, allow_redirects=False, timeout=HTTP_TIMEOUT)
+            continue
+        if resp.status_code == 200 and not posted and "/interaction/" in resp.url:
+            action = _form_action(resp.text, resp.url)
+            resp = session.post(action, data={"login": username}, allow_redirects=False, timeout=HTTP_TIMEOUT)
+            posted = True
+            continue
+        raise DevIdPError(
+            f"login for {username!r} stopped at {urlsplit(resp.url).path} "
+            f"with HTTP {resp.status_code}: {_summary(resp.text)}"
+        )
+    raise DevIdPError("too many redirects during login")
 
 
 def _code_from_callback(location: str, state: str) -> str:

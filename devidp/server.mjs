@@ -33,6 +33,10 @@ function defaultClients() {
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
     redirect_uris: DEFAULT_REDIRECT_URIS,
+    post_logout_redirect_uris: ['http://127.0.0.1:8000/demo/', 'http://localhost:8000/demo/'],
+    // `make run` signs browsers in through the service; the IdP tells it when a session ends.
+    backchannel_logout_uri: 'http://127.0.0.1:8000/backchannel-logout',
+    backchannel_logout_session_required: true,
   };
   return [
     { ...base, client_id: 'token-service-dev' },
@@ -162,6 +166,13 @@ function buildProvider(config) {
       }
       if (scopes.has('groups') && user.groups !== undefined) extra.groups = user.groups;
       return extra;
+    },
+
+    // DEV ONLY: the relying parties of a development IdP listen on loopback, which oidc-provider's
+    // SSRF guard refuses by default (back-channel logout would never arrive). Never in production.
+    fetch: (url, options) => {
+      const { dispatcher, ...rest } = options;
+      return globalThis.fetch(url, rest);
     },
 
     features: {
@@ -336,6 +347,10 @@ function main() {
 
   // Surface provider-internal errors (without token material) for debugging.
   provider.on('server_error', (ctx, err) => console.error(`server_error: ${err.stack || err}`));
+  // Back-channel logout notifications to relying parties: say whether each one got through.
+  provider.on('backchannel.success', (ctx, client) => console.log(`backchannel logout -> ${client.clientId}: ok`));
+  provider.on('backchannel.error', (ctx, err, client) => console.log(
+    `backchannel logout -> ${client.clientId}: ${err.message}${err.cause ? ` (${err.cause.code || err.cause.message})` : ""}`));
 
   banner(config);
   const host = new URL(config.issuer).hostname;

@@ -35,6 +35,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.debian import ToolUnavailable, ensure_tool
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -51,58 +53,14 @@ class RedisServerError(RuntimeError):
 # --------------------------------------------------------------------------- binary
 
 
-_install_lock = threading.Lock()
-_install_error: str | None = None
-
-
-def _find_redis_server() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    # PATH may lack /usr/bin under some CI runners even though the Debian package is installed.
-    fallback = Path("/usr/bin/redis-server")
-    return str(fallback) if os.access(fallback, os.X_OK) else None
 
 
 def ensure_redis_server() -> str:
     """Path of ``redis-server``; CI images may lack it, so as root install the Debian package once."""
-    global _install_error
-    with _install_lock:
-        path = _find_redis_server()
-        if path:
-            return path
-        if _install_error is not None:
-            # Installing is slow; do not retry it for every server a test suite starts.
-            raise RedisServerError(_install_error)
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            _install_error = (
-                "redis-server is not installed and cannot be installed automatically (needs root and "
-                "apt-get); install it with `sudo apt-get install redis-server`"
-            )
-            raise RedisServerError(_install_error)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-        ):
-            result = subprocess.run(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0:
-                tail = "\n".join(result.stdout.splitlines()[-_LOG_TAIL_LINES:])
-                _install_error = f"`{' '.join(command)}` failed with status {result.returncode}:\n{tail}"
-                raise RedisServerError(_install_error)
-        path = _find_redis_server()
-        if not path:
-            _install_error = "apt-get installed redis-server but no redis-server binary was found"
-            raise RedisServerError(_install_error)
-        return path
+    try:
+        return ensure_tool("redis-server", ["redis-server"])
+    except ToolUnavailable as exc:
+        raise RedisServerError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- ports

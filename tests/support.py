@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from token_service.app import create_app
 from token_service.settings import Settings, settings_from_dict
 
 TWILIO_SECRET = "test-api-key-secret-0123456789abcdef"
+SESSION_KEY = "test-session-key-0123456789abcdef0123456789"
+# The secrets a service started from dev/config.toml (browser login on) needs in its environment.
+SERVICE_ENV = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "TOKEN_SERVICE_SESSION_KEY": SESSION_KEY}
 ACCOUNT_SID = "AC" + "a" * 32
 API_KEY_SID = "SK" + "b" * 32
 SERVICE_SID = "IS" + "c" * 32
@@ -59,13 +63,17 @@ def settings_for(data: dict[str, Any]) -> Settings:
     return settings_from_dict(data, environ={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
 
 
+# The test server's own request lines (with query strings) are not the service's logs.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
 class RunningService:
     """The real WSGI app behind a real threaded HTTP server on a free loopback port."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, port: int = 0) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self._server = make_server("127.0.0.1", port, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -86,8 +94,8 @@ class RunningService:
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[RunningService]:
-    service = RunningService(settings)
+def running(settings: Settings, port: int = 0) -> Iterator[RunningService]:
+    service = RunningService(settings, port)
     try:
         yield service
     finally:

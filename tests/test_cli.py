@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.support import TWILIO_SECRET
+from tests.support import SERVICE_ENV, TWILIO_SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,14 @@ def dev_config_for(idp: DevIdP, tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "TWILIO_API_KEY_SECRET"}
+    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
     full_env.update(env or {})
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=60)
 
 
 def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config_for(idp, tmp_path)
-    env = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET}
+    env = SERVICE_ENV
     done = run_cli("check-config", "--config", str(config), "--workers", "1", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("configuration is valid: ")
@@ -64,7 +64,7 @@ def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
 
 def test_check_config_uses_the_env_var_for_the_path(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config_for(idp, tmp_path)
-    env = {"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "TOKEN_SERVICE_CONFIG": str(config)}
+    env = {**SERVICE_ENV, "TOKEN_SERVICE_CONFIG": str(config)}
     assert run_cli("check-config", "--workers", "1", env=env).returncode == 0
 
 
@@ -78,7 +78,7 @@ def free_port() -> int:
 def gunicorn_service(idp: DevIdP, tmp_path: Path) -> Iterator[str]:
     config = dev_config_for(idp, tmp_path)
     port = free_port()
-    env = {**os.environ, "TWILIO_API_KEY_SECRET": TWILIO_SECRET}
+    env = {**os.environ, **SERVICE_ENV}
     proc = subprocess.Popen(
         [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -126,6 +126,6 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
 
 def test_serve_refuses_the_memory_store_with_several_workers(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config_for(idp, tmp_path)
-    done = run_cli("serve", "--config", str(config), "--workers", "2", env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+    done = run_cli("serve", "--config", str(config), "--workers", "2", env=SERVICE_ENV)
     assert done.returncode == 2
     assert "store.url: 'memory://': the memory store lives in one process but 2 workers would" in done.stderr

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.debian import ToolUnavailable, ensure_tool
 from token_service.settings import check_workers, settings_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,9 +75,6 @@ LABEL_VALUES = {
 _METRIC_NAME = re.compile(r"\btoken_service_[a-z0-9_]+")
 _EQ_MATCHER = re.compile(r'\b([a-z_]+)="([^"]*)"')
 
-_NGINX_INSTALL_LOCK = threading.Lock()
-_nginx_install_error: str | None = None
-_LOG_TAIL_LINES = 40
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -712,49 +710,14 @@ def test_grafana_dashboard_is_importable_and_uses_the_service_metrics() -> None:
 # ---------------------------------------------------------------------------------------- nginx
 
 
-def _find_nginx() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    # /usr/sbin is not on every PATH (non-root shells, some CI runners).
-    fallback = Path("/usr/sbin/nginx")
-    return str(fallback) if os.access(fallback, os.X_OK) else None
-
-
 def ensure_nginx() -> str:
     """Path of ``nginx``; as root, install Debian's nginx-light (or nginx) once, else skip the test."""
-    global _nginx_install_error
-    with _NGINX_INSTALL_LOCK:
-        path = _find_nginx()
-        if path:
-            return path
-        if _nginx_install_error is not None:
-            pytest.fail(_nginx_install_error)
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip(
-                "nginx is not installed and cannot be installed automatically (needs root and apt-get); "
-                "install it with `sudo apt-get install nginx-light` to check deploy/nginx/token-service.conf"
-            )
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        failures = []
-        for package in ("nginx-light", "nginx"):
-            for command in (
-                ["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-            ):
-                result = subprocess.run(
-                    command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True, check=False,
-                )
-                if result.returncode != 0:
-                    tail = "\n".join(result.stdout.splitlines()[-_LOG_TAIL_LINES:])
-                    failures.append(f"`{' '.join(command)}` failed with status {result.returncode}:\n{tail}")
-                    break
-            path = _find_nginx()
-            if path:
-                return path
-        _nginx_install_error = "\n".join(failures) or "apt-get installed nginx but no nginx binary was found"
-        pytest.fail(_nginx_install_error)
+    try:
+        return ensure_tool("nginx", ["nginx-light", "nginx"])
+    except ToolUnavailable as exc:
+        if os.geteuid() != 0:
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisServer, free_port
-from tests.support import TWILIO_SECRET, RunningService, config_dict, forge, id_claims, running, settings_for
+from tests.support import (
+    SERVICE_ENV,
+    TWILIO_SECRET,
+    RunningService,
+    config_dict,
+    forge,
+    id_claims,
+    running,
+    settings_for,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +101,7 @@ def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Itera
     config = tmp_path / "config.toml"
     config.write_text(text.replace('url = "memory://"', f'url = "{redis_server.url()}"'))
     port = free_port()
-    env = {**os.environ, "TWILIO_API_KEY_SECRET": TWILIO_SECRET, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    env = {**os.environ, **SERVICE_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
          "--bind", f"127.0.0.1:{port}", "--workers", "2"],

@@ -16,7 +16,7 @@ import requests
 
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisServer, free_port
-from tests.support import TWILIO_SECRET, config_dict, forge, id_claims, problem, running, settings_for
+from tests.support import SERVICE_ENV, config_dict, forge, id_claims, problem, running, settings_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Itera
     config = tmp_path / "config.toml"
     config.write_text(text)
     port = free_port()
-    env = {**os.environ, "TWILIO_API_KEY_SECRET": TWILIO_SECRET}
+    env = {**os.environ, **SERVICE_ENV}
     proc = subprocess.Popen(
         [sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
          "--bind", f"127.0.0.1:{port}", "--workers", "2"],

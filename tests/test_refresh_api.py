@@ -15,6 +15,7 @@ import requests
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisServer
 from tests.support import (
+    SERVICE_ENV,
     TWILIO_SECRET,
     RunningService,
     config_dict,
@@ -168,7 +169,7 @@ def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: P
             [sys.executable, "-m", "token_service.cli", "revoke", "--config", str(config),
              "--identity", "dave@example.com"],
             capture_output=True, text=True, timeout=60, cwd=ROOT,
-            env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET, "PATH": "/usr/bin:/bin"},
+            env={**SERVICE_ENV, "PATH": "/usr/bin:/bin"},
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "revoked 2 refresh families of 'dave@example.com'"

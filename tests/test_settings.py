@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TWILIO_SECRET, config_dict
+from tests.support import SERVICE_ENV, TWILIO_SECRET, config_dict
 from token_service.errors import ConfigError
 from token_service.settings import load_settings, settings_from_dict
 
@@ -152,7 +152,7 @@ def test_load_settings_reports_unreadable_and_invalid_files(tmp_path: Path) -> N
 
 def test_shipped_example_and_dev_configs_parse() -> None:
     root = Path(__file__).resolve().parent.parent
-    dev = load_settings(root / "dev" / "config.toml", environ=ENV)
+    dev = load_settings(root / "dev" / "config.toml", environ=SERVICE_ENV)
     assert dev.store.url == "memory://"
     # The example holds placeholders on purpose: only the SIDs and the secret are wrong.
     with pytest.raises(ConfigError) as info:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from token_service.api import health, observability, openapi, tokens
+from token_service.api import browser, cors, health, observability, openapi, tokens
 from token_service.api.errors import register_error_handlers
 from token_service.issuance import TokenIssuer
 from token_service.logs import install_request_ids
@@ -23,13 +23,16 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["token_service.settings"] = settings
-    app.extensions["token_service.issuer"] = TokenIssuer(settings, store or open_store(settings))
+    issuer = TokenIssuer(settings, store or open_store(settings))
+    app.extensions["token_service.issuer"] = issuer
     install_request_ids()
     observability.install(app)
     register_error_handlers(app, store_retry_after=settings.store.retry_after)
     app.register_blueprint(tokens.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    browser.install(app, issuer)
+    cors.install(app, settings.server.cors_origins)
     app.extensions["token_service.openapi"] = openapi.build_openapi(settings)
     hops = settings.server.trusted_proxies
     if hops:

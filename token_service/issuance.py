@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from token_service.authn.bearer import BearerVerifier
+from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
 from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, current_month
@@ -128,6 +129,28 @@ class TokenIssuer:
                 raise
             buckets = self.limiter.buckets("token", ip=client_ip, ip_only=True)
             raise self._count_failure("token", buckets, exc) from None
+        sid = str(verified.claims.get("sid", ""))
+        return self.start_family(
+            mapped, issuer=verified.issuer.name, subject=verified.claims["sub"], idp_session=sid,
+            links=logout_indexes(verified.issuer.name, verified.claims["sub"], sid),
+            platform=platform, client_ip=client_ip,
+        )
+
+    def issue_for_session(self, session_id: str, session: BrowserSession, *, platform: str | None,
+                          client_ip: str | None) -> IssuedToken:
+        """A signed-in browser: mint for the session's identity, listed under the session too."""
+        self.push_credential(platform)
+        mapped = Mapped(identity=session.identity, role=session.role, role_sid=session.role_sid)
+        links = [*logout_indexes(session.issuer, session.subject, session.idp_session),
+                 SessionStore.families_index(session_id)]
+        return self.start_family(
+            mapped, issuer=session.issuer, subject=session.subject, idp_session=session.idp_session,
+            links=links, platform=platform, client_ip=client_ip,
+        )
+
+    def start_family(self, mapped: Mapped, *, issuer: str, subject: str, idp_session: str, links: list[str],
+                     platform: str | None, client_ip: str | None) -> IssuedToken:
+        """Rate-limit, store a new refresh family (one store call) and mint the access token."""
         tag = identity_tag(mapped.identity)
         refresh = mint_refresh_token(tag, new_family_id())
         family = Family(
@@ -136,12 +159,12 @@ class TokenIssuer:
             identity=mapped.identity,
             role=mapped.role,
             role_sid=mapped.role_sid,
-            issuer=verified.issuer.name,
-            subject=verified.claims["sub"],
-            session_id=str(verified.claims.get("sid", "")),
+            issuer=issuer,
+            subject=subject,
+            session_id=idp_session,
         )
         buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
-        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes, current_month())
+        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes, current_month(), links)
         _refuse_if_limited("token", issued.limits)
         minted = self.mint(mapped, platform)
         TOKENS_ISSUED.labels(family.issuer, mapped.role).inc()

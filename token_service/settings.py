@@ -32,6 +32,12 @@ from token_service.mapping import RESERVED_CHARACTERS, IdentityPolicy, RolePolic
 CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
 API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+SESSION_KEY_ENV = "TOKEN_SERVICE_SESSION_KEY"
+OPTIONAL_SECRETS = {
+    "redis_password": REDIS_PASSWORD_ENV,
+    "session_key": SESSION_KEY_ENV,
+    "oidc_client_secret": "OIDC_CLIENT_SECRET",
+}
 
 MIN_TOKEN_TTL = 3 * 60
 MAX_TOKEN_TTL = 24 * 60 * 60
@@ -318,6 +324,35 @@ class RolesSettings(_Section):
         return self
 
 
+class LoginSettings(_Section):
+    """``[login]``: browser sign-in through the service (OIDC code flow + PKCE), design 2.1."""
+
+    enabled: bool = False
+    issuer: str = ""  # the `name` of the [[issuers]] entry to sign in with
+    client_id: str = ""
+    redirect_uri: Url | None = None  # exactly as registered at the IdP; never taken from a request
+    scopes: list[str] = ["openid", "email", "profile"]
+    offline_access: bool = False
+    after_login: str = "/"  # where /login sends the browser when no return_to is given
+    post_logout_redirect_uri: Url | None = None
+    session_ttl: int = Field(8 * 3600, ge=300, le=30 * 86400)
+    cookie_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "ts_session"
+    demo_page: bool = False
+    http_timeout: float = Field(5.0, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> LoginSettings:
+        if self.enabled:
+            missing = [k for k in ("issuer", "client_id", "redirect_uri") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"enabled login needs {', '.join(missing)}")
+            if "openid" not in self.scopes:
+                raise ValueError("scopes must include 'openid'")
+        if not self.after_login.startswith("/") or self.after_login.startswith("//"):
+            raise ValueError("after_login must be a path on this service, e.g. '/demo/'")
+        return self
+
+
 class LoggingSettings(_Section):
     """``[logging]``: JSON lines on stderr; audit events are always on."""
 
@@ -334,6 +369,8 @@ class Secrets(BaseModel):
 
     twilio_api_key_secret: SecretStr
     redis_password: SecretStr | None = None
+    session_key: SecretStr | None = None
+    oidc_client_secret: SecretStr | None = None
 
     @field_validator("twilio_api_key_secret")
     @classmethod
@@ -357,6 +394,7 @@ class Settings(_Section):
     refresh: RefreshSettings = RefreshSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    login: LoginSettings = LoginSettings()
     secrets: Secrets
 
     @model_validator(mode="after")
@@ -377,6 +415,27 @@ class Settings(_Section):
                     "is not allowed in an identity (use letters, digits, '-', '_' or '.')"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _login_matches_an_issuer(self) -> Settings:
+        login = self.login
+        if not login.enabled:
+            return self
+        if login.issuer not in {i.name for i in self.issuers}:
+            raise ValueError(f"login.issuer {login.issuer!r} is not the name of an [[issuers]] entry")
+        issuer = self.login_issuer()
+        if login.client_id not in issuer.audiences:
+            raise ValueError(f"login.client_id {login.client_id!r} must be one of issuers[{issuer.name}].audiences")
+        key = self.secrets.session_key
+        if key is None or len(key.get_secret_value()) < 32:
+            raise ValueError(
+                f"enabled login needs a session key of at least 32 characters in {SESSION_KEY_ENV} "
+                f"(or {SESSION_KEY_ENV}_FILE)"
+            )
+        return self
+
+    def login_issuer(self) -> IssuerSettings:
+        return next(i for i in self.issuers if i.name == self.login.issuer)
 
     def identity_policy(self, issuer: IssuerSettings) -> IdentityPolicy:
         """The mapping rules for identities coming from ``issuer``."""
@@ -462,9 +521,10 @@ def settings_from_dict(
     secret = read_secret(API_KEY_SECRET_ENV, environ)
     document = dict(data)
     document["secrets"] = {"twilio_api_key_secret": secret} if secret else {}
-    redis_password = read_secret(REDIS_PASSWORD_ENV, environ)
-    if redis_password:
-        document["secrets"]["redis_password"] = redis_password
+    for field, env_name in OPTIONAL_SECRETS.items():
+        value = read_secret(env_name, environ)
+        if value:
+            document["secrets"][field] = value
     try:
         return Settings.model_validate(document)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from token_service import __version__
+from token_service.authn.browser import return_to_pattern
 from token_service.settings import Settings
 
 bp = Blueprint("openapi", __name__)
@@ -64,6 +65,91 @@ def _body(schema_ref: str, *, required: bool) -> dict[str, Any]:
         "required": required,
         "content": {"application/json": {"schema": schema}, "application/x-www-form-urlencoded": {"schema": schema}},
     }
+
+
+def _browser_paths(settings: Settings) -> dict[str, Any]:
+    """``/login`` and friends, present only when browser sign-in is enabled."""
+    if not settings.login.enabled:
+        return {}
+    location = {"Location": {"description": "Where the browser goes next.", **_STRING}}
+    paths: dict[str, Any] = {
+        "/login": {"get": {
+            "operationId": "login",
+            "summary": "Start browser sign-in: redirect to the IdP (code flow, PKCE S256, state, nonce).",
+            "parameters": [{"name": "return_to", "in": "query", "required": False,
+                            "schema": {"type": "string", "pattern": return_to_pattern(settings)},
+                            "description": "A path here, or a URL on an allowed origin, to land on afterwards."}],
+            "responses": {
+                "302": {"description": "To the IdP's authorization endpoint.",
+                        "headers": {**COMMON_HEADERS, **location}},
+                "400": _problem("return_to is not acceptable (open redirect refused)."),
+                "503": _unavailable(),
+            },
+        }},
+        "/callback": {"get": {
+            "operationId": "callback",
+            "summary": "Finish sign-in: check state, redeem the code with the PKCE verifier, verify the ID token.",
+            "parameters": [
+                {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                for name in ("code", "state", "iss", "error", "error_description", "session_state")
+            ],
+            "responses": {
+                "303": {"description": "Signed in: the session cookie is set.",
+                        "headers": {**COMMON_HEADERS, **location,
+                                    "Set-Cookie": {"description": "The session cookie.", **_STRING}}},
+                "400": _problem("Unknown or expired state, refused or replayed code, nonce mismatch."),
+                "401": _problem("The ID token is invalid."),
+                "403": _problem("Signed in at the IdP, but no token for this user."),
+                "503": _unavailable(),
+            },
+        }},
+        "/logout": {"post": {
+            "operationId": "logout",
+            "summary": "End the browser session and its refresh families; offer the IdP's end-session URL.",
+            "parameters": [
+                {"name": "X-Requested-With", "in": "header", "required": True, "schema": {"type": "string"},
+                 "description": "CSRF proof: any value; a cross-site form cannot send it."},
+            ],
+            "responses": {
+                "200": {
+                    "description": "Signed out.",
+                    "headers": COMMON_HEADERS,
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["signed_out", "families_revoked", "end_session_url"],
+                        "properties": {
+                            "signed_out": {"const": True},
+                            "families_revoked": {"type": "integer", "minimum": 0},
+                            "end_session_url": {"type": ["string", "null"]},
+                        },
+                    }}},
+                },
+                "403": _problem("CSRF check failed: missing header or Origin not allowed."),
+                "503": _unavailable(),
+            },
+        }},
+        "/backchannel-logout": {"post": {
+            "operationId": "backchannelLogout",
+            "summary": "OpenID Connect Back-Channel Logout 1.0: the IdP ends a session (sid) or a user (sub).",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["logout_token"],
+                "properties": {"logout_token": {"type": "string"}},
+            }}}},
+            "responses": {
+                "200": {"description": "The sessions and refresh families of that sid or sub are ended.",
+                        "headers": COMMON_HEADERS},
+                "400": _problem("The logout token is invalid, or was already used (jti)."),
+                "503": _unavailable(),
+            },
+        }},
+    }
+    if settings.login.demo_page:
+        paths["/demo/"] = {"get": {
+            "operationId": "demo",
+            "summary": "A demo page: sign in, see identity and role, automatic refresh, sign out.",
+            "responses": {"200": {"description": "HTML.", "headers": COMMON_HEADERS,
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }}
+    return paths
 
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
@@ -188,6 +274,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     }},
                 }
             },
+            **_browser_paths(settings),
         },
         "components": {
             "securitySchemes": {

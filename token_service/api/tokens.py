@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from token_service.api.browser import current_session, require_csrf
 from token_service.errors import InvalidRequest, InvalidToken, MissingToken
 from token_service.issuance import IssuedToken, TokenIssuer
 from token_service.ratelimit import rate_limit_headers
@@ -104,6 +105,16 @@ def token_response(issued: IssuedToken) -> Response:
 
 @bp.post("/v1/token")
 def issue_token() -> Response:
+    """Bearer proof; or, without one, a signed-in browser's session cookie plus the CSRF proof."""
+    if "Authorization" not in request.headers:
+        found = current_session()
+        if found is not None:
+            require_csrf()
+            platform = optional_string(request_params(), "platform")
+            session_id, session = found
+            return token_response(
+                issuer().issue_for_session(session_id, session, platform=platform, client_ip=request.remote_addr)
+            )
     token = bearer_token()
     platform = optional_string(request_params(), "platform")
     issued = issuer().issue_for_bearer(token, platform=platform, client_ip=request.remote_addr)

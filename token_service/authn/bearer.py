@@ -30,6 +30,9 @@ from token_service.settings import IssuerSettings
 MAX_TOKEN_BYTES = 16 * 1024
 ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat"]
+# OIDC Back-Channel Logout 1.0, 2.4: typ logout+jwt; iss, aud, iat, exp, jti and events required.
+LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
+LOGOUT_REQUIRED = ["iss", "aud", "iat", "exp", "jti"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,9 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, payload
 
 
-def _check_header(header: Mapping[str, Any], allowed: Iterable[str]) -> str:
+def _check_header(
+    header: Mapping[str, Any], allowed: Iterable[str], types: frozenset[str] = ACCEPTED_TYPES
+) -> str:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in allowed:
         raise InvalidToken("the token's signing algorithm is not allowed for its issuer")
@@ -68,8 +73,8 @@ def _check_header(header: Mapping[str, Any], allowed: Iterable[str]) -> str:
         # this service understands none.
         raise InvalidToken("the token declares critical header parameters this service rejects")
     typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES):
-        raise InvalidToken("the token type is not an ID token or a JWT access token")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in types):
+        raise InvalidToken("the token type is not accepted here")
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise InvalidToken("the token's key id is malformed")
@@ -119,12 +124,30 @@ class BearerVerifier:
         self.caches: dict[str, JwksCache] = {i.name: cache_for(i) for i in self._issuers.values()}
 
     def verify(self, token: str) -> VerifiedToken:
+        """A bearer proof: an ID token or a JWT access token for one of our audiences."""
+        return self._verify(token)
+
+    def verify_logout_token(self, token: str, issuer_name: str, client_id: str) -> VerifiedToken:
+        """An OIDC Back-Channel Logout token (typ ``logout+jwt``) from ``issuer_name`` for us."""
+        verified = self._verify(token, types=LOGOUT_TYPES, audience=client_id, required=LOGOUT_REQUIRED,
+                                only_issuer=issuer_name)
+        return verified
+
+    def _verify(
+        self,
+        token: str,
+        *,
+        types: frozenset[str] = ACCEPTED_TYPES,
+        audience: str | None = None,
+        required: list[str] = REQUIRED_CLAIMS,
+        only_issuer: str | None = None,
+    ) -> VerifiedToken:
         header, unverified = _split(token)
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+        if issuer is None or (only_issuer is not None and issuer.name != only_issuer):
             raise InvalidToken("the token's issuer is not trusted by this service")
-        alg = _check_header(header, issuer.algorithms)
+        alg = _check_header(header, issuer.algorithms, types)
         try:
             key = self.caches[issuer.name].get_key(header.get("kid"), alg)
         except KeyNotFound as exc:
@@ -139,13 +162,13 @@ class BearerVerifier:
                 token,
                 key,
                 algorithms=[alg],
-                audience=issuer.audiences,
+                audience=audience or issuer.audiences,
                 issuer=issuer.issuer,
                 leeway=issuer.leeway,
-                options={"require": REQUIRED_CLAIMS, "verify_signature": True},
+                options={"require": required, "verify_signature": True},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(_reason(exc)) from None
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        if "sub" in required and (not isinstance(claims.get("sub"), str) or not claims["sub"]):
             raise InvalidToken("the token's 'sub' claim is not a non-empty string")
         return VerifiedToken(issuer=issuer, claims=claims)

@@ -107,15 +107,27 @@ class Revocation:
     family: Family | None = None
 
 
+def family_ref(tag: str, family_id: str) -> str:
+    """How an index names a family."""
+    return f"f:{tag}:{family_id}"
+
+
+def parse_family_ref(member: str) -> tuple[str, str] | None:
+    kind, _, rest = member.partition(":")
+    tag, _, family_id = rest.partition(":")
+    return (tag, family_id) if kind == "f" and tag and family_id else None
+
+
 class Store(ABC):
     """Refresh-token families and rate limits; every method may raise ``StoreUnavailable``."""
 
     @abstractmethod
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
+              lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
         """Check ``buckets``; if all allow, store a new family whose live token is ``digest``.
 
-        With ``month`` (``YYYY-MM``), the identity also counts as active that month.
+        With ``month`` (``YYYY-MM``), the identity also counts as active that month. The family
+        is added (as ``family_ref``) to each index in ``links``, so logout can find it.
         """
 
     @abstractmethod

@@ -40,8 +40,8 @@ class InstrumentedStore(Store):
             STORE_DURATION.labels(operation).observe(time.perf_counter() - started)
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
-        return self._measure("issue", lambda: self.inner.issue(buckets, family, digest, lifetimes, month))
+              lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
+        return self._measure("issue", lambda: self.inner.issue(buckets, family, digest, lifetimes, month, links))
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
                new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:

@@ -20,6 +20,7 @@ from token_service.store.base import (
     Revocation,
     Rotation,
     Store,
+    family_ref,
 )
 from token_service.store.gcra import decide, gcra_step
 
@@ -93,7 +94,7 @@ class MemoryStore(Store):
             return self._check(buckets, now_ms())
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
+              lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
         with self._lock:
             now = now_ms()
             self._sweep(now)
@@ -110,6 +111,12 @@ class MemoryStore(Store):
             self._index.setdefault(family.tag, set()).add(family.family_id)
             if month:
                 self._active.setdefault(month, set()).add(family.tag)
+            member = family_ref(family.tag, family.family_id)
+            for index in links:
+                members, expires = self._sets.get(index, (set(), 0))
+                members = members if expires > now else set()
+                members.add(member)
+                self._sets[index] = (members, max(expires, state.absolute_exp))
             return Issued(limits, expires_at=state.expires() // 1000)
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,

@@ -31,6 +31,7 @@ from token_service.store.base import (
     Rotation,
     Store,
     StoreUnavailable,
+    family_ref,
 )
 
 log = logging.getLogger(__name__)
@@ -139,20 +140,27 @@ class RedisStore(Store):
         return decision
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes, month: str = "") -> Issued:
+              lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
         first, rest = self._split(buckets, family.tag)
         if not first.allowed:
             return Issued(first)
         fam = self.family_key(family.tag, family.family_id)
+        hll = self._active_keys(month)
+        # Logout indexes live in other slots: inside the script on standalone, apart on a Cluster.
+        inline_links = [] if self.cluster else [self.prefix + index for index in links]
+        member = family_ref(family.tag, family.family_id)
         reply = self._run(
-            "issue", rest, [fam, fam + ":live", self.index_key(family.tag), *self._active_keys(month)],
+            "issue", rest, [fam, fam + ":live", self.index_key(family.tag), *hll, *inline_links],
             [family.family_id, digest, lifetimes.idle, lifetimes.absolute, family.tag, family.identity,
-             _meta(family)],
+             _meta(family), len(hll), member],
         )
         limits = first.merged(_decision(reply[0], reply[1], reply[2], rest))
         if not limits.allowed:
             return Issued(limits)
         self._count_active_apart(month, family.tag)
+        if self.cluster:
+            for index in links:
+                self.link(index, member, lifetimes.absolute)
         return Issued(limits, expires_at=int(reply[4]))
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,

@@ -1,7 +1,8 @@
 -- Check the buckets, then store a new refresh-token family (design 2.4).
--- KEYS: buckets..., family hash, live set, identity index, [active-identities HyperLogLog].
+-- KEYS: buckets..., family hash, live set, identity index, [active-identities HyperLogLog],
+--       logout indexes (IdP session, subject, browser session)...
 -- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, identity tag, identity,
---       family metadata (JSON).
+--       family metadata (JSON), 1 when the HyperLogLog key is given else 0, family reference.
 local refused, now, states = check_buckets()
 if refused then
   return refused
@@ -21,5 +22,14 @@ redis.call('SADD', idx, family_id)
 if redis.call('PTTL', idx) < absolute then
   redis.call('PEXPIRE', idx, fmt(absolute))
 end
-count_active(KEYS[n + 4], ARGV[o + 4])
+local has_hll = tonumber(ARGV[o + 7])
+if has_hll == 1 then
+  count_active(KEYS[n + 4], ARGV[o + 4])
+end
+for i = n + 4 + has_hll, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[o + 8])
+  if redis.call('PTTL', KEYS[i]) < absolute then
+    redis.call('PEXPIRE', KEYS[i], fmt(absolute))
+  end
+end
 return {'ok', 0, states, {}, math.floor(expires / 1000)}

@@ -1,0 +1,189 @@
+"""Browser endpoints: ``/login``, ``/callback``, ``/logout``, ``/backchannel-logout``, ``/demo/``.
+
+Cookie-authenticated state-changing requests need a CSRF proof: the custom header
+``X-Requested-With`` (which a cross-site form cannot send, and which forces a CORS preflight) and an
+``Origin`` (or ``Referer``) on this service's origin or the CORS allow-list. Back-channel logout
+follows OpenID Connect Back-Channel Logout 1.0 (200 on success, 400 otherwise, ``no-store``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, session
+
+from token_service.authn.browser import BrowserLogin, origin_of, parse_events
+from token_service.authn.sessions import BrowserSession, SessionStore, idp_session_index, subject_index
+from token_service.errors import AccessDenied, InvalidRequest, InvalidToken, NotFound
+from token_service.issuance import TokenIssuer
+from token_service.mapping import map_claims
+from token_service.metrics import FAMILIES_REVOKED
+
+bp = Blueprint("browser", __name__)
+audit = logging.getLogger("token_service.audit")
+CSRF_HEADER = "X-Requested-With"
+
+
+def _login() -> BrowserLogin:
+    found = current_app.extensions.get("token_service.login")
+    if found is None:
+        raise NotFound("browser sign-in is not enabled on this service")
+    return found  # type: ignore[no-any-return]
+
+
+def _sessions() -> SessionStore:
+    return current_app.extensions["token_service.sessions"]  # type: ignore[no-any-return]
+
+
+def _cookie_name() -> str:
+    return current_app.extensions["token_service.settings"].login.cookie_name  # type: ignore[no-any-return]
+
+
+def require_csrf() -> None:
+    """Refuse a cookie-authenticated POST unless it proves it comes from an allowed page."""
+    if not request.headers.get(CSRF_HEADER):
+        raise AccessDenied(f"cookie-authenticated requests need the {CSRF_HEADER} header (CSRF protection)")
+    origin = request.headers.get("Origin") or ""
+    if not origin or origin == "null":
+        referer = request.headers.get("Referer") or ""
+        origin = origin_of(referer) if referer else ""
+    if origin_of(origin) not in _login().allowed_origins:
+        raise AccessDenied("the request's Origin is not allowed to use this session (CSRF protection)")
+
+
+def current_session() -> tuple[str, BrowserSession] | None:
+    session_id = request.cookies.get(_cookie_name())
+    if not session_id or "token_service.sessions" not in current_app.extensions:
+        return None
+    found = _sessions().load(session_id)
+    return (session_id, found) if found else None
+
+
+@bp.get("/login")
+def login() -> Response:
+    url = _login().authorization_url(request.args.get("return_to"))
+    resp = redirect(url, code=302)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    browser = _login()
+    done = browser.complete(request.args.to_dict())
+    verified = done.verified
+    issuer_tokens: TokenIssuer = current_app.extensions["token_service.issuer"]
+    settings = issuer_tokens.settings
+    mapped = map_claims(
+        verified.claims, settings.identity_policy(verified.issuer), settings.access.require,
+        settings.role_policy(),
+    )
+    old = request.cookies.get(_cookie_name())
+    if old:
+        _sessions().end(old)  # rotate: a session id never survives a login
+    session_id, record = _sessions().create(
+        identity=mapped.identity, role=mapped.role, role_sid=mapped.role_sid, issuer=verified.issuer.name,
+        subject=verified.claims["sub"], idp_session=str(verified.claims.get("sid", "")),
+    )
+    session.clear()
+    audit.info("browser login", extra={
+        "event": "login", "identity": mapped.identity, "role": mapped.role, "issuer": verified.issuer.name,
+        "sub": verified.claims["sub"], "client_ip": request.remote_addr,
+    })
+    resp = redirect(done.return_to, code=303)
+    resp.headers["Cache-Control"] = "no-store"
+    resp.set_cookie(
+        _cookie_name(), session_id, max_age=record.expires_at - record.created_at, httponly=True,
+        samesite="Lax", secure=not settings.server.dev_mode, path="/",
+    )
+    return resp
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    require_csrf()
+    found = current_session()
+    families = 0
+    if found:
+        session_id, record = found
+        families = _sessions().end(session_id)
+        FAMILIES_REVOKED.labels("logout").inc(families)
+        audit.info("browser logout", extra={
+            "event": "logout", "identity": record.identity, "families": families, "client_ip": request.remote_addr,
+        })
+    resp = jsonify(signed_out=True, families_revoked=families, end_session_url=_login().end_session_url())
+    resp.headers["Cache-Control"] = "no-store"
+    resp.delete_cookie(_cookie_name(), path="/", httponly=True, samesite="Lax",
+                       secure=not current_app.extensions["token_service.settings"].server.dev_mode)
+    return resp
+
+
+@bp.post("/backchannel-logout")
+def backchannel_logout() -> Response:
+    browser = _login()
+    token = request.form.get("logout_token", "")
+    if not token:
+        raise InvalidRequest("the request carries no logout_token")
+    settings = browser.settings
+    try:
+        verified = browser.verifier.verify_logout_token(token, browser.issuer.name, settings.login.client_id)
+    except InvalidToken as exc:
+        raise InvalidRequest(f"the logout token is invalid: {exc.detail}") from None
+    claims = verified.claims
+    if not parse_events(dict(claims)):
+        raise InvalidRequest("the logout token lacks the back-channel logout event")
+    if "nonce" in claims:
+        raise InvalidRequest("a logout token must not carry a nonce")
+    sid, sub = claims.get("sid"), claims.get("sub")
+    if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+        raise InvalidRequest("the logout token names neither a session (sid) nor a subject (sub)")
+    ttl = max(60, int(claims["exp"]) - int(time.time()) + verified.issuer.leeway)
+    store = current_app.extensions["token_service.issuer"].store
+    if not store.add_once(f"bcl-jti:{browser.issuer.name}:{claims['jti']}", ttl):
+        raise InvalidRequest("this logout token was already used (jti replay)")
+    name = browser.issuer.name
+    index = idp_session_index(name, sid) if isinstance(sid, str) and sid else subject_index(name, str(sub))
+    sessions, families = _sessions().end_for_idp(index)
+    FAMILIES_REVOKED.labels("logout").inc(families)
+    audit.info("back-channel logout", extra={
+        "event": "backchannel_logout", "issuer": name, "sub": sub, "sessions": sessions, "families": families,
+    })
+    resp = Response("", status=200)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/demo/")
+def demo() -> Response:
+    if not current_app.extensions["token_service.settings"].login.demo_page:
+        raise NotFound("the demo page is not enabled")
+    html = resources.files("token_service.api").joinpath("demo.html").read_text(encoding="utf-8")
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "frame-ancestors 'none'"
+    )
+    return resp
+
+
+def install(app: Flask, issuer: TokenIssuer) -> None:
+    """Enable browser sign-in when ``[login] enabled``; without it these routes do not exist."""
+    settings = issuer.settings
+    if not settings.login.enabled:
+        return
+    app.register_blueprint(bp)
+    key = settings.secrets.session_key
+    assert key is not None  # settings validation guarantees it when login is enabled
+    app.secret_key = key.get_secret_value()
+    app.config.update(
+        SESSION_COOKIE_NAME=f"{settings.login.cookie_name}_login",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=not settings.server.dev_mode,
+    )
+    app.extensions["token_service.sessions"] = SessionStore(issuer.store, settings.login.session_ttl)
+    app.extensions["token_service.login"] = BrowserLogin(app, settings, issuer.store, issuer.verifier)
+
