@@ -472,7 +472,7 @@ def token_server(settings: Settings, workdir: Path, config: Path) -> Gunicorn:
 def write_config(path: Path, issuer: str, redis_url: str) -> None:
     """dev/config.toml with the running IdP's issuer, the Redis store and never-refusing rate limits."""
     text = DEV_CONFIG.read_text()
-    text, issuers = re.subn(r'(?m)^issuer\s*=\s*".*"\s*$', f'issuer = "{issuer}"', text)
+    text, issuers = re.subn(r'(?m)^issuer\s*=\s*"http://127\.0\.0\.1:9000"\s*$', f'issuer = "{issuer}"', text)
     text, stores = re.subn(r'(?m)^url\s*=\s*"memory://"\s*$', f'url = "{redis_url}"', text)
     text += RATE_LIMITS
     try:
@@ -480,7 +480,7 @@ def write_config(path: Path, issuer: str, redis_url: str) -> None:
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"cannot build the bench config from {DEV_CONFIG}: {exc}") from None
     if (issuers, stores) != (1, 1) or data["store"]["url"] != redis_url:
-        raise BenchError(f"{DEV_CONFIG} no longer has one issuer and a memory:// store; update write_config()")
+        raise BenchError(f"{DEV_CONFIG} no longer has one dev issuer and a memory:// store; update write_config()")
     path.write_text(text)
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,19 +12,13 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.support import SERVICE_ENV, TWILIO_SECRET
+from tests.gunicorn_support import dev_config, gunicorn
+from tests.support import SERVICE_ENV
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "token_service.cli"]
-
-
-def dev_config_for(idp: DevIdP, tmp_path: Path) -> Path:
-    text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return path
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,7 +28,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:
-    config = dev_config_for(idp, tmp_path)
+    config = dev_config(tmp_path, idp.issuer)
     env = SERVICE_ENV
     done = run_cli("check-config", "--config", str(config), "--workers", "1", env=env)
     assert done.returncode == 0, done.stderr
@@ -63,48 +54,15 @@ def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
 
 
 def test_check_config_uses_the_env_var_for_the_path(idp: DevIdP, tmp_path: Path) -> None:
-    config = dev_config_for(idp, tmp_path)
+    config = dev_config(tmp_path, idp.issuer)
     env = {**SERVICE_ENV, "TOKEN_SERVICE_CONFIG": str(config)}
     assert run_cli("check-config", "--workers", "1", env=env).returncode == 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def gunicorn_service(idp: DevIdP, tmp_path: Path) -> Iterator[str]:
-    config = dev_config_for(idp, tmp_path)
-    port = free_port()
-    env = {**os.environ, **SERVICE_ENV}
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        else:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start: {proc.communicate()[0]}")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        assert "Traceback" not in out
-        assert TWILIO_SECRET not in out
+    with gunicorn(dev_config(tmp_path, idp.issuer), workers=1) as served:
+        yield served.url
 
 
 def test_serve_runs_under_gunicorn_with_the_deploy_config(gunicorn_service: str, idp: DevIdP) -> None:
@@ -125,7 +83,7 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_the_memory_store_with_several_workers(idp: DevIdP, tmp_path: Path) -> None:
-    config = dev_config_for(idp, tmp_path)
+    config = dev_config(tmp_path, idp.issuer)
     done = run_cli("serve", "--config", str(config), "--workers", "2", env=SERVICE_ENV)
     assert done.returncode == 2
     assert "store.url: 'memory://': the memory store lives in one process but 2 workers would" in done.stderr

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +13,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devidp.harness import DevIdP
-from tests.redis_servers import RedisServer, free_port
+from tests.gunicorn_support import dev_config, gunicorn
+from tests.redis_servers import RedisServer
 from tests.support import (
-    SERVICE_ENV,
     TWILIO_SECRET,
     RunningService,
     config_dict,
@@ -97,31 +93,9 @@ def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Itera
     admin = redis_server.client()
     admin.flushall()
     admin.close()
-    text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
-    config = tmp_path / "config.toml"
-    config.write_text(text.replace('url = "memory://"', f'url = "{redis_server.url()}"'))
-    port = free_port()
-    env = {**os.environ, **SERVICE_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
-         "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert TWILIO_SECRET not in out and "eyJ" not in out and "rt1." not in out
+    config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url())
+    with gunicorn(config, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}) as served:
+        yield served.url
 
 
 def test_metrics_add_up_across_two_gunicorn_workers(two_workers: str, idp: DevIdP, rsa_key: dict) -> None:

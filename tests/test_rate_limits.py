@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,8 +10,9 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.redis_servers import RedisServer, free_port
-from tests.support import SERVICE_ENV, config_dict, forge, id_claims, problem, running, settings_for
+from tests.gunicorn_support import dev_config, gunicorn
+from tests.redis_servers import RedisServer
+from tests.support import config_dict, forge, id_claims, problem, running, settings_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,33 +113,11 @@ def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Itera
     admin = redis_server.client()
     admin.flushall()
     admin.close()
-    text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
-    text = text.replace('url = "memory://"', f'url = "{redis_server.url()}"')
-    text += '\n[rate_limits]\npolicies = [{ endpoint = "token", key = "ip", limit = 5, window = 60 }]\n'
-    config = tmp_path / "config.toml"
-    config.write_text(text)
-    port = free_port()
-    env = {**os.environ, **SERVICE_ENV}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
-         "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, proc.stdout
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert out.count("Booting worker") >= 2
+    limits = '\n[rate_limits]\npolicies = [{ endpoint = "token", key = "ip", limit = 5, window = 60 }]\n'
+    config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url(), extra=limits)
+    with gunicorn(config, workers=2) as served:
+        yield served.url
+    assert served.output.count("Booting worker") >= 2
 
 
 def test_limits_are_shared_by_two_gunicorn_workers(two_workers: str, idp: DevIdP, rsa_key: dict) -> None:

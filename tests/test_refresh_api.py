@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
+from tests.gunicorn_support import dev_config
 from tests.redis_servers import RedisServer
 from tests.support import (
     SERVICE_ENV,
@@ -162,9 +163,7 @@ def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: P
     with running(settings_for(redis_config(idp, redis_server))) as svc:
         tokens = [login(svc, idp.login("dave")["id_token"])["refresh_token"] for _ in range(2)]
         other = login(svc, idp.login("alice")["id_token"])["refresh_token"]
-        config = tmp_path / "config.toml"
-        text = (ROOT / "dev" / "config.toml").read_text().replace("http://127.0.0.1:9000", idp.issuer)
-        config.write_text(text.replace('url = "memory://"', f'url = "{redis_server.url()}"'))
+        config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url())
         done = subprocess.run(
             [sys.executable, "-m", "token_service.cli", "revoke", "--config", str(config),
              "--identity", "dave@example.com"],
