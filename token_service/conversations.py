@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -360,12 +360,14 @@ class UserSync:
         tally = _Tally()
         try:
             outcome = self._run(identity, role_sid, friendly_name, tally, use_cache=True)
-        except _SyncFailure as failure:
-            return self._failed(identity, failure, tally, raise_always=False)
         except UnaddressableIdentity as exc:
             if self.settings.failure_mode == "fail_closed":
-                raise
-            return self._failed(identity, _SyncFailure(exc.detail), tally, raise_always=False)
+                raise  # permanent: 403 says so, a 503 would invite retries
+            return self._defer(identity, _SyncFailure(exc.detail), tally)
+        except _SyncFailure as failure:
+            if self.settings.failure_mode == "fail_closed":
+                self._unavailable(identity, failure, tally)
+            return self._defer(identity, failure, tally)
         return self._done(outcome, tally)
 
     def sync(self, identity: str, role_sid: str, friendly_name: str | None = None) -> SyncResult:
@@ -375,8 +377,7 @@ class UserSync:
         try:
             outcome = self._run(identity, role_sid, friendly_name, tally, use_cache=False)
         except _SyncFailure as failure:
-            self._failed(identity, failure, tally, raise_always=True)
-            raise AssertionError("unreachable") from None
+            self._unavailable(identity, failure, tally)
         return self._done(outcome, tally)
 
     def show(self, identity: str) -> dict[str, Any] | None:
@@ -404,17 +405,19 @@ class UserSync:
 
     # -- the flow ---------------------------------------------------------------------------------------------
 
-    def _run(self, identity: str, role_sid: str, friendly_name: str | None, tally: _Tally, *, use_cache: bool) -> str:
+    def _run(
+        self, identity: str, role_sid: str, friendly_name: str | None, tally: _Tally, *, use_cache: bool
+    ) -> Outcome:
         path_segment(identity)  # refuse unaddressable identities before touching anything
         locked = self._acquire(identity, role_sid, use_cache)
         if locked is None:
             return "cached"
         try:
             outcome = self._reconcile(identity, role_sid, friendly_name, tally)
+            self._remember(identity, role_sid)  # before letting go: waiters then find it cached
         finally:
             if locked:
                 self._release(identity)
-        self._remember(identity, role_sid)
         return outcome
 
     def _acquire(self, identity: str, role_sid: str, use_cache: bool) -> bool | None:
@@ -452,7 +455,7 @@ class UserSync:
                 extra={"event": "conversations_sync_not_cached", "identity": identity},
             )
 
-    def _reconcile(self, identity: str, role_sid: str, friendly_name: str | None, tally: _Tally) -> str:
+    def _reconcile(self, identity: str, role_sid: str, friendly_name: str | None, tally: _Tally) -> Outcome:
         """Fetch, then create or update only what differs."""
         user = self._fetch(identity, tally)
         if user is None:
@@ -541,21 +544,24 @@ class UserSync:
 
     # -- outcomes -----------------------------------------------------------------------------------------------
 
-    def _done(self, outcome: str, tally: _Tally) -> SyncResult:
+    def _done(self, outcome: Outcome, tally: _Tally) -> SyncResult:
         SYNC_TOTAL.labels(outcome).inc()
-        return SyncResult(outcome, tally.calls)  # type: ignore[arg-type]
+        return SyncResult(outcome, tally.calls)
 
-    def _failed(self, identity: str, failure: _SyncFailure, tally: _Tally, *, raise_always: bool) -> SyncResult:
-        if raise_always or self.settings.failure_mode == "fail_closed":
-            SYNC_TOTAL.labels("unavailable").inc()
-            log.warning(
-                "conversations sync failed: %s", failure.reason,
-                extra={"event": "conversations_sync_failed", "identity": identity, "rest_calls": tally.calls},
-            )
-            raise ConversationsUnavailable(
-                f"the Conversations API did not confirm the user ({failure.reason}); retry later",
-                retry_after=failure.retry_after,
-            )
+    def _unavailable(self, identity: str, failure: _SyncFailure, tally: _Tally) -> NoReturn:
+        """fail_closed (and the CLI): no token for a user Twilio has not confirmed."""
+        SYNC_TOTAL.labels("unavailable").inc()
+        log.warning(
+            "conversations sync failed: %s", failure.reason,
+            extra={"event": "conversations_sync_failed", "identity": identity, "rest_calls": tally.calls},
+        )
+        raise ConversationsUnavailable(
+            f"the Conversations API did not confirm the user ({failure.reason}); retry later",
+            retry_after=failure.retry_after,
+        )
+
+    def _defer(self, identity: str, failure: _SyncFailure, tally: _Tally) -> SyncResult:
+        """fail_open: the token is issued anyway; nothing is cached, so the next login tries again."""
         SYNC_TOTAL.labels("deferred").inc()
         log.warning(
             "conversations sync deferred: %s", failure.reason,
