@@ -1,4 +1,4 @@
-"""``token-service serve | check-config | revoke``: the operator's entry points."""
+"""``token-service serve | check-config | revoke | sync-user | show-user``: the operator's commands."""
 
 from __future__ import annotations
 
@@ -63,6 +63,64 @@ def revoke(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"revoked {count} refresh famil{'y' if count == 1 else 'ies'} of {args.identity!r}")
+    return 0
+
+
+def _user_sync(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configured REST sync, for the support commands; exits when it is not enabled."""
+    from token_service.issuance import user_sync_for
+    from token_service.store import open_store
+
+    settings = _load_or_exit(args.config)
+    if not settings.conversations.sync.enabled:
+        print("[conversations.sync] is not enabled in this configuration", file=sys.stderr)
+        raise SystemExit(2)
+    store = open_store(settings)
+    sync = user_sync_for(settings, store)
+    assert sync is not None
+    return settings, store, sync
+
+
+def sync_user(args: argparse.Namespace) -> int:
+    """Make one identity's Conversations User exist with a role now, ignoring the cache."""
+    from token_service.errors import ServiceError
+
+    settings, store, sync = _user_sync(args)
+    role = args.role or settings.roles.default
+    if role not in settings.roles.sids:
+        print(f"--role must be one of: {', '.join(settings.roles.sids)}", file=sys.stderr)
+        return 2
+    try:
+        result = sync.sync(args.identity, settings.roles.sids[role], args.friendly_name)
+    except ServiceError as exc:
+        print(f"sync failed: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        sync.close()
+        store.close()
+    print(f"{args.identity!r}: {result.outcome} (role {role}, {result.rest_calls} REST call(s))")
+    return 0
+
+
+def show_user(args: argparse.Namespace) -> int:
+    """Print one identity's Conversations User as Twilio has it (JSON), for support staff."""
+    import json
+
+    from token_service.errors import ServiceError
+
+    _, store, sync = _user_sync(args)
+    try:
+        user = sync.show(args.identity)
+    except ServiceError as exc:
+        print(f"lookup failed: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        sync.close()
+        store.close()
+    if user is None:
+        print(f"no Conversations User with identity {args.identity!r}", file=sys.stderr)
+        return 3
+    print(json.dumps(user, indent=2, sort_keys=True))
     return 0
 
 
@@ -144,6 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
     p.add_argument("--identity", required=True, help="the Conversations identity, exactly")
     p.set_defaults(func=revoke)
+
+    p = sub.add_parser("sync-user", help="create or update one identity's Conversations User now")
+    p.add_argument("identity", help="the Conversations identity, exactly (case-sensitive)")
+    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+    p.add_argument("--role", help="a role name from [roles] sids (default: the default role)")
+    p.add_argument("--friendly-name", help="FriendlyName, used only when the User is created")
+    p.set_defaults(func=sync_user)
+
+    p = sub.add_parser("show-user", help="show one identity's Conversations User as Twilio has it")
+    p.add_argument("identity", help="the Conversations identity, exactly (case-sensitive)")
+    p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
+    p.set_defaults(func=show_user)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from token_service.authn.bearer import BearerVerifier
 from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
+from token_service.conversations import SyncSettings, UserSync
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
 from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, current_month
@@ -27,6 +28,29 @@ from token_service.tokens.refresh import (
 )
 
 audit = logging.getLogger("token_service.audit")
+
+
+def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
+    """The Conversations REST sync of ``[conversations.sync]``, or None when it is off."""
+    sync = settings.conversations.sync
+    if not sync.enabled:
+        return None
+    twilio = settings.twilio
+    return UserSync(
+        SyncSettings(
+            service_sid=twilio.service_sid,
+            account_sid=twilio.account_sid,
+            api_key_sid=twilio.api_key_sid,
+            api_key_secret=settings.secrets.twilio_api_key_secret.get_secret_value(),
+            base_url=sync.base_url,
+            failure_mode=sync.failure_mode,
+            timeout=sync.timeout,
+            cache_ttl=sync.cache_ttl,
+            friendly_name_claim=sync.friendly_name_claim,
+            max_attempts=sync.max_attempts,
+        ),
+        store,
+    )
 
 KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
 INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"
@@ -80,6 +104,7 @@ class TokenIssuer:
             reuse_grace=settings.refresh.reuse_grace,
         )
         self.platforms = KNOWN_PLATFORMS | set(twilio.push_credentials)
+        self.user_sync = user_sync_for(settings, store)
 
     # -- pieces -----------------------------------------------------------------------------
     def push_credential(self, platform: str | None) -> str | None:
@@ -130,10 +155,13 @@ class TokenIssuer:
             buckets = self.limiter.buckets("token", ip=client_ip, ip_only=True)
             raise self._count_failure("token", buckets, exc) from None
         sid = str(verified.claims.get("sid", ""))
+        name_claim = self.settings.conversations.sync.friendly_name_claim
+        friendly = verified.claims.get(name_claim) if name_claim else None
         return self.start_family(
             mapped, issuer=verified.issuer.name, subject=verified.claims["sub"], idp_session=sid,
             links=logout_indexes(verified.issuer.name, verified.claims["sub"], sid),
             platform=platform, client_ip=client_ip,
+            friendly_name=friendly if isinstance(friendly, str) and friendly else None,
         )
 
     def issue_for_session(self, session_id: str, session: BrowserSession, *, platform: str | None,
@@ -148,8 +176,13 @@ class TokenIssuer:
             links=links, platform=platform, client_ip=client_ip,
         )
 
+    def sync_user(self, mapped: Mapped, friendly_name: str | None = None) -> None:
+        """Make the Conversations User carry the mapped role (cached: usually no REST call at all)."""
+        if self.user_sync is not None:
+            self.user_sync.ensure(mapped.identity, mapped.role_sid, friendly_name)
+
     def start_family(self, mapped: Mapped, *, issuer: str, subject: str, idp_session: str, links: list[str],
-                     platform: str | None, client_ip: str | None) -> IssuedToken:
+                     platform: str | None, client_ip: str | None, friendly_name: str | None = None) -> IssuedToken:
         """Rate-limit, store a new refresh family (one store call) and mint the access token."""
         tag = identity_tag(mapped.identity)
         refresh = mint_refresh_token(tag, new_family_id())
@@ -166,6 +199,12 @@ class TokenIssuer:
         buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
         issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes, current_month(), links)
         _refuse_if_limited("token", issued.limits)
+        try:
+            self.sync_user(mapped, friendly_name)
+        except ServiceError:
+            # fail_closed: no token goes out, so the family just stored must not outlive the refusal.
+            self.store.revoke_families([(tag, family.family_id)])
+            raise
         minted = self.mint(mapped, platform)
         TOKENS_ISSUED.labels(family.issuer, mapped.role).inc()
         audit.info(
@@ -214,6 +253,7 @@ class TokenIssuer:
         if rotation.outcome not in ("rotated", "grace") or family is None:
             raise InvalidGrant(INVALID_REFRESH)
         mapped = Mapped(identity=family.identity, role=family.role, role_sid=family.role_sid)
+        self.sync_user(mapped)  # a deferred (fail_open) sync is retried here
         minted = self.mint(mapped, platform)
         audit.info(
             "token refreshed",

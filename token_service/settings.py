@@ -353,6 +353,22 @@ class LoginSettings(_Section):
         return self
 
 
+class ConversationsSyncSettings(_Section):
+    """``[conversations.sync]``: make the Conversations User exist with the mapped role (design 2.7)."""
+
+    enabled: bool = False
+    base_url: Url = "https://conversations.twilio.com"
+    failure_mode: Literal["fail_open", "fail_closed"] = "fail_open"
+    timeout: float = Field(2.0, gt=0, le=10)
+    cache_ttl: int = Field(86400, ge=60, le=30 * 86400)
+    friendly_name_claim: str | None = None
+    max_attempts: int = Field(3, ge=1, le=5)
+
+
+class ConversationsSettings(_Section):
+    sync: ConversationsSyncSettings = ConversationsSyncSettings()
+
+
 class LoggingSettings(_Section):
     """``[logging]``: JSON lines on stderr; audit events are always on."""
 
@@ -395,6 +411,7 @@ class Settings(_Section):
     rate_limits: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
     login: LoginSettings = LoginSettings()
+    conversations: ConversationsSettings = ConversationsSettings()
     secrets: Secrets
 
     @model_validator(mode="after")
