@@ -204,3 +204,46 @@ def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(store: Stor
         t.join()
     assert outcomes.count("rotated") == 1
     assert set(outcomes) <= {"rotated", "reused", "revoked"}
+
+
+def test_key_values_expire_and_delete(store: Store) -> None:
+    store.put("sess:abc", '{"a": 1}', 1)
+    assert store.get("sess:abc") == '{"a": 1}'
+    store.delete("sess:abc")
+    assert store.get("sess:abc") is None
+    store.put("sess:short", "x", 1)
+    time.sleep(1.2)
+    assert store.get("sess:short") is None
+
+
+def test_add_once_refuses_a_replay(store: Store) -> None:
+    assert store.add_once("bcl-jti:test:j1", 60) is True
+    assert store.add_once("bcl-jti:test:j1", 60) is False
+    assert store.add_once("bcl-jti:test:j2", 60) is True
+
+
+def test_logout_indexes_find_and_end_families(store: Store) -> None:
+    from token_service.store.base import family_ref, parse_family_ref
+
+    family, token = new_family()
+    links = ["bcl:test:sid:s1", "bcl:test:sub:u1"]
+    assert store.issue([], family, token.digest, LONG, "", links).limits.allowed
+    other, other_token = new_family("bob@example.com")
+    store.issue([], other, other_token.digest, LONG, "", ["bcl:test:sub:u2"])
+    members = store.members("bcl:test:sid:s1")
+    assert members == [family_ref(family.tag, family.family_id)]
+    store.link("bcl:test:sid:s1", "s:session-digest", 60)
+    assert sorted(store.members("bcl:test:sid:s1")) == sorted([*members, "s:session-digest"])
+    refs = [r for m in store.members("bcl:test:sub:u1") if (r := parse_family_ref(m))]
+    assert store.revoke_families(refs) == 1
+    assert store.revoke_families(refs) == 0  # already ended
+    assert rotate(store, token)[0].outcome == "revoked"
+    assert rotate(store, other_token)[0].outcome == "rotated"
+
+
+def test_active_identities_count_distinct_identities_per_month(store: Store) -> None:
+    for identity in ["a@x", "b@x", "a@x"]:
+        family, token = new_family(identity)
+        store.issue([], family, token.digest, LONG, "2026-11")
+    assert store.active_identities("2026-11") == 2
+    assert store.active_identities("2026-10") == 0
