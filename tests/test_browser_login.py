@@ -294,3 +294,31 @@ def test_logout_at_the_idp_reaches_the_service_by_back_channel(stack: BrowserSta
     gone = requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": refresh}, timeout=10)
     assert gone.status_code == 401
     assert token_with_cookie(browser, stack).status_code == 401
+
+
+def test_tampered_nonce_is_refused(stack: BrowserStack) -> None:
+    """The authorization request is altered to carry another nonce: PKCE still matches, the nonce not."""
+    browser = requests.Session()
+    auth_url = start_login(browser, stack)
+    parts = urlsplit(auth_url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query["nonce"] = "attacker-chosen-nonce"
+    tampered = parts._replace(query=urlencode(query)).geturl()
+    callback = follow_authorization(browser, tampered, "alice", f"{stack.base}/callback")
+    resp = browser.get(callback, allow_redirects=False, timeout=10)
+    assert resp.status_code == 400
+    assert "nonce" in problem(resp)["detail"]
+    assert "ts_session" not in browser.cookies
+
+
+def test_tampered_pkce_challenge_is_refused(stack: BrowserStack) -> None:
+    """A code obtained with another code_challenge cannot be redeemed with this login's verifier."""
+    browser = requests.Session()
+    auth_url = start_login(browser, stack)
+    parts = urlsplit(auth_url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query["code_challenge"] = "A" * 43
+    callback = follow_authorization(browser, parts._replace(query=urlencode(query)).geturl(), "alice",
+                                    f"{stack.base}/callback")
+    resp = browser.get(callback, allow_redirects=False, timeout=10)
+    assert resp.status_code == 400 and "authorization code" in problem(resp)["detail"]
