@@ -222,7 +222,29 @@ def _conf_quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-class RedisProcess:
+class _StartStop:
+    """``with X() as x:`` starts on entry and stops on exit, for every server kind below."""
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisProcess(_StartStop):
     """One ``redis-server`` process with its own temp dir: the lifecycle shared by servers and sentinels.
 
     The temp dir survives ``kill()`` and ``restart()`` (a cluster node needs its nodes.conf to rejoin)
@@ -337,17 +359,6 @@ class RedisProcess:
         """Block until the running process serves requests again (e.g. after a sentinel failover)."""
         self._wait_ready(timeout)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals
 
@@ -592,7 +603,7 @@ class ClusterNode(RedisServer):
         return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
 
 
-class RedisCluster:
+class RedisCluster(_StartStop):
     """Three masters, no replicas, slots split evenly.
 
     Formed by hand (ADDSLOTSRANGE, SET-CONFIG-EPOCH, MEET) rather than ``redis-cli --cluster create``:
@@ -713,17 +724,6 @@ class RedisCluster:
         for node in self.nodes:
             node.reset_stats()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- sentinel
@@ -777,7 +777,7 @@ class SentinelProcess(RedisProcess):
         return bool(state.get("is_master")) and not state.get("is_disconnected", False)
 
 
-class RedisSentinel:
+class RedisSentinel(_StartStop):
     """One master plus one sentinel monitoring it under the name ``mymaster`` (quorum 1)."""
 
     def __init__(self, *, service_name: str = "mymaster", password: str | None = None) -> None:
@@ -822,14 +822,3 @@ class RedisSentinel:
     def reset_stats(self) -> None:
         self.master.reset_stats()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
