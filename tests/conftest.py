@@ -12,6 +12,7 @@ import pytest
 from devidp.harness import DevIdP, generate_keys
 from tests.redis_servers import RedisCluster, RedisServer
 from tests.support import TWILIO_SECRET, RunningService, config_dict, running, settings_for
+from tests.twilio_standin.server import ConversationsStandIn
 from token_service.logs import JsonFormatter
 
 
@@ -91,3 +92,20 @@ def suite_log() -> Iterator[Path]:
     text = path.read_text(encoding="utf-8")
     leaks = [f"{what} in the suite log" for what, pattern in LEAK_PATTERNS.items() if pattern.search(text)]
     assert not leaks, f"{leaks}: see {path}"
+
+
+@pytest.fixture(scope="session")
+def standin_server() -> Iterator[ConversationsStandIn]:
+    """The Conversations Users API stand-in (validated against Twilio's OpenAPI description)."""
+    with ConversationsStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def standin(standin_server: ConversationsStandIn) -> Iterator[ConversationsStandIn]:
+    """A clean stand-in for one test, which fails if any request or response broke the spec."""
+    standin_server.reset()
+    yield standin_server
+    violations = standin_server.violations
+    standin_server.reset()
+    assert violations == []

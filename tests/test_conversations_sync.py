@@ -46,21 +46,6 @@ ROLE_ADMIN = new_sid("RL")
 # -- fixtures ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ConversationsStandIn]:
-    with ConversationsStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def standin(server: ConversationsStandIn) -> Iterator[ConversationsStandIn]:
-    server.reset()
-    yield server
-    violations = server.violations
-    server.reset()
-    assert violations == []
-
-
 def settings_for(standin: ConversationsStandIn, **overrides: Any) -> SyncSettings:
     base = SyncSettings(
         service_sid=standin.service_sid,

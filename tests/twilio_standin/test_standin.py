@@ -31,21 +31,6 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 2.0
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ConversationsStandIn]:
-    with ConversationsStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def standin(server: ConversationsStandIn) -> Iterator[ConversationsStandIn]:
-    server.reset()
-    yield server
-    violations = server.violations
-    server.reset()
-    assert violations == []
-
-
 def _client(standin: ConversationsStandIn, secret: str | None = None, key: str | None = None) -> Client:
     return twilio_client(
         standin.base_url,
