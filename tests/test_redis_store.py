@@ -67,6 +67,13 @@ def test_sentinel(idp: DevIdP, rsa_key: dict) -> None:
             round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
 
 
+def test_sentinel_with_a_password_protected_master(idp: DevIdP, rsa_key: dict) -> None:
+    with RedisSentinel(password="s3cret-pass") as sentinel:
+        settings = store_settings(idp, {"url": sentinel.url()}, env={"REDIS_PASSWORD": "s3cret-pass"})
+        with running(settings) as svc:
+            round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
+
+
 def test_cluster(idp: DevIdP, rsa_key: dict, redis_cluster: RedisCluster) -> None:
     with running(store_settings(idp, {"url": redis_cluster.url()})) as svc:
         for i in range(5):  # identities spread over slots on different masters
