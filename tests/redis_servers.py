@@ -734,11 +734,13 @@ class SentinelProcess(RedisProcess):
 
     log_name = "sentinel.log"
 
-    def __init__(self, master: RedisServer, service_name: str, password: str | None) -> None:
+    def __init__(self, master: RedisServer, service_name: str, password: str | None,
+                 sentinel_password: str | None = None) -> None:
         super().__init__()
         self.master = master
         self.service_name = service_name
         self.password = password
+        self.sentinel_password = sentinel_password  # protects the sentinel itself (requirepass)
 
     @property
     def conf_path(self) -> Path:
@@ -759,6 +761,8 @@ class SentinelProcess(RedisProcess):
         ]
         if self.password is not None:
             lines.append(f"sentinel auth-pass {self.service_name} {_conf_quote(self.password)}")
+        if self.sentinel_password is not None:
+            lines.append(f"requirepass {_conf_quote(self.sentinel_password)}")
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def _argv(self) -> list[str]:
@@ -766,7 +770,8 @@ class SentinelProcess(RedisProcess):
 
     def client(self, **kw: Any) -> redis.Redis:
         """Client for the sentinel itself (SENTINEL commands). Close it."""
-        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "retry": _no_retry()}
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "retry": _no_retry(),
+                                  "password": self.sentinel_password}
         kwargs.update(kw)
         return redis.Redis(**kwargs)
 
@@ -780,11 +785,12 @@ class SentinelProcess(RedisProcess):
 class RedisSentinel(_StartStop):
     """One master plus one sentinel monitoring it under the name ``mymaster`` (quorum 1)."""
 
-    def __init__(self, *, service_name: str = "mymaster", password: str | None = None) -> None:
+    def __init__(self, *, service_name: str = "mymaster", password: str | None = None,
+                 sentinel_password: str | None = None) -> None:
         self.service_name = service_name
         self.password = password
         self.master = RedisServer(password=password)
-        self.sentinel = SentinelProcess(self.master, service_name, password)
+        self.sentinel = SentinelProcess(self.master, service_name, password, sentinel_password)
 
     @property
     def host(self) -> str:

@@ -67,11 +67,15 @@ def test_sentinel(idp: DevIdP, rsa_key: dict) -> None:
             round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
 
 
-def test_sentinel_with_a_password_protected_master(idp: DevIdP, rsa_key: dict) -> None:
-    with RedisSentinel(password="s3cret-pass") as sentinel:
-        settings = store_settings(idp, {"url": sentinel.url()}, env={"REDIS_PASSWORD": "s3cret-pass"})
-        with running(settings) as svc:
+def test_sentinel_with_passwords_on_master_and_sentinel(idp: DevIdP, rsa_key: dict) -> None:
+    with RedisSentinel(password="s3cret-pass", sentinel_password="s3cret-pass-sentinel") as sentinel:
+        env = {"REDIS_PASSWORD": "s3cret-pass", "REDIS_SENTINEL_PASSWORD": "s3cret-pass-sentinel"}
+        with running(store_settings(idp, {"url": sentinel.url()}, env=env)) as svc:
             round_trip(svc, forge(rsa_key, id_claims(idp.issuer)))
+        # Without the sentinel's password the master cannot even be found: 503, not 500.
+        with running(store_settings(idp, {"url": sentinel.url()}, env={"REDIS_PASSWORD": "s3cret-pass"})) as svc:
+            resp = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))
+            assert resp.status_code == 503 and problem(resp)["type"] == "unavailable"
 
 
 def test_cluster(idp: DevIdP, rsa_key: dict, redis_cluster: RedisCluster) -> None:

@@ -35,6 +35,7 @@ REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
 SESSION_KEY_ENV = "TOKEN_SERVICE_SESSION_KEY"
 OPTIONAL_SECRETS = {
     "redis_password": REDIS_PASSWORD_ENV,
+    "redis_sentinel_password": "REDIS_SENTINEL_PASSWORD",
     "session_key": SESSION_KEY_ENV,
     "oidc_client_secret": "OIDC_CLIENT_SECRET",
 }
@@ -385,6 +386,7 @@ class Secrets(BaseModel):
 
     twilio_api_key_secret: SecretStr
     redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
     session_key: SecretStr | None = None
     oidc_client_secret: SecretStr | None = None
 

@@ -90,7 +90,11 @@ def _open_backend(settings: Settings) -> Store:
         service, _, db = parts.path.strip("/").partition("/")
         if tls:
             options.update(_tls_options(store))
-        sentinel_options = {k: options[k] for k in ("socket_connect_timeout", "socket_timeout")}
+        # The sentinels get the same timeouts and TLS as the master, and their own password if set.
+        sentinel_options = {k: v for k, v in options.items() if k.startswith(("socket_", "ssl", "retry"))}
+        sentinel_secret = settings.secrets.redis_sentinel_password
+        if sentinel_secret:
+            sentinel_options["password"] = sentinel_secret.get_secret_value()
         sentinel = Sentinel(_hosts(parts.netloc, 26379), sentinel_kwargs=sentinel_options, **options)
         client = sentinel.master_for(service, db=int(db or 0), max_connections=store.max_connections)
         return RedisStore(client, prefix=store.key_prefix)
