@@ -45,8 +45,11 @@ def _apt(command: list[str]) -> str | None:
     return f"`{' '.join(command)}` failed with status {result.returncode}:\n{tail}"
 
 
-def ensure_tool(binary: str, packages: Sequence[str]) -> str:
-    """Path of ``binary``, installing the first of ``packages`` that apt-get can install."""
+def ensure_tool(binary: str, packages: Sequence[str], *, recommends: bool = False) -> str:
+    """Path of ``binary``, installing the first of ``packages`` that apt-get can install.
+
+    ``recommends`` also installs recommended packages (a browser wants its fonts).
+    """
     global _updated
     with _lock:
         path = _find(binary)
@@ -65,7 +68,8 @@ def ensure_tool(binary: str, packages: Sequence[str]) -> str:
                 problems.append(failure)
             _updated = True
         for package in packages:
-            failure = _apt(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package])
+            extra = [] if recommends else ["--no-install-recommends"]
+            failure = _apt(["apt-get", "install", "-y", "-qq", *extra, package])
             path = _find(binary)
             if path:
                 return path

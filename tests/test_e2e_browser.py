@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def chromium() -> str:
     try:
-        return ensure_tool("chromium", ["chromium"])
+        return ensure_tool("chromium", ["chromium"], recommends=True)
     except ToolUnavailable as exc:
         pytest.fail(str(exc))
 
