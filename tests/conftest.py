@@ -11,7 +11,7 @@ import pytest
 
 from devidp.harness import DevIdP, generate_keys
 from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import TWILIO_SECRET, RunningService, config_dict, running, settings_for
+from tests.support import TWILIO_SECRET, RunningService, config_dict, rsa, running, settings_for
 from tests.twilio_standin.server import ConversationsStandIn
 from token_service.logs import JsonFormatter
 
@@ -38,7 +38,7 @@ def service(idp: DevIdP) -> Iterator[RunningService]:
 
 @pytest.fixture(scope="session")
 def rsa_key(idp: DevIdP) -> dict:
-    return next(k for k in idp.keys if k["alg"] == "RS256")
+    return rsa(idp.keys)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from token_service.authn.bearer import BearerVerifier
+from token_service.authn.bearer import BearerVerifier, VerifiedToken
 from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
 from token_service.conversations import SyncSettings, UserSync
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
@@ -137,18 +137,22 @@ class TokenIssuer:
             return error
         return rate_limited(endpoint, limits) if not limits.allowed else error
 
+    def map_verified(self, verified: VerifiedToken) -> Mapped:
+        """Access gate, identity and role for verified claims, with this issuer's cached policies."""
+        return map_claims(
+            verified.claims,
+            self._identity_policies[verified.issuer.name],
+            self.settings.access.require,
+            self._role_policy,
+        )
+
     # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
         """Verify ``bearer``, map its claims, start a refresh family and mint."""
         self.push_credential(platform)  # reject a bad platform before any expensive work
         try:
             verified = self.verifier.verify(bearer)
-            mapped = map_claims(
-                verified.claims,
-                self._identity_policies[verified.issuer.name],
-                self.settings.access.require,
-                self._role_policy,
-            )
+            mapped = self.map_verified(verified)
         except ServiceError as exc:
             if exc.status >= 500:
                 raise

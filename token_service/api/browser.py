@@ -18,7 +18,6 @@ from token_service.authn.browser import BrowserLogin, origin_of, parse_events
 from token_service.authn.sessions import BrowserSession, SessionStore, idp_session_index, subject_index
 from token_service.errors import AccessDenied, InvalidRequest, InvalidToken, NotFound
 from token_service.issuance import TokenIssuer
-from token_service.mapping import map_claims
 from token_service.metrics import FAMILIES_REVOKED
 
 bp = Blueprint("browser", __name__)
@@ -76,10 +75,7 @@ def callback() -> Response:
     verified = done.verified
     issuer_tokens: TokenIssuer = current_app.extensions["token_service.issuer"]
     settings = issuer_tokens.settings
-    mapped = map_claims(
-        verified.claims, settings.identity_policy(verified.issuer), settings.access.require,
-        settings.role_policy(),
-    )
+    mapped = issuer_tokens.map_verified(verified)
     old = request.cookies.get(_cookie_name())
     if old:
         _sessions().end(old)  # rotate: a session id never survives a login

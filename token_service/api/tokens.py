@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -106,19 +107,14 @@ def token_response(issued: IssuedToken) -> Response:
 @bp.post("/v1/token")
 def issue_token() -> Response:
     """Bearer proof; or, without one, a signed-in browser's session cookie plus the CSRF proof."""
-    if "Authorization" not in request.headers:
-        found = current_session()
-        if found is not None:
-            require_csrf()
-            platform = optional_string(request_params(), "platform")
-            session_id, session = found
-            return token_response(
-                issuer().issue_for_session(session_id, session, platform=platform, client_ip=request.remote_addr)
-            )
-    token = bearer_token()
+    found = current_session() if "Authorization" not in request.headers else None
+    if found is not None:
+        require_csrf()
+        mint = partial(issuer().issue_for_session, *found)
+    else:
+        mint = partial(issuer().issue_for_bearer, bearer_token())
     platform = optional_string(request_params(), "platform")
-    issued = issuer().issue_for_bearer(token, platform=platform, client_ip=request.remote_addr)
-    return token_response(issued)
+    return token_response(mint(platform=platform, client_ip=request.remote_addr))
 
 
 @bp.post("/v1/token/refresh")

@@ -129,9 +129,8 @@ class BearerVerifier:
 
     def verify_logout_token(self, token: str, issuer_name: str, client_id: str) -> VerifiedToken:
         """An OIDC Back-Channel Logout token (typ ``logout+jwt``) from ``issuer_name`` for us."""
-        verified = self._verify(token, types=LOGOUT_TYPES, audience=client_id, required=LOGOUT_REQUIRED,
-                                only_issuer=issuer_name)
-        return verified
+        return self._verify(token, types=LOGOUT_TYPES, audience=client_id, required=LOGOUT_REQUIRED,
+                            only_issuer=issuer_name)
 
     def _verify(
         self,

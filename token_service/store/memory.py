@@ -113,10 +113,7 @@ class MemoryStore(Store):
                 self._active.setdefault(month, set()).add(family.tag)
             member = family_ref(family.tag, family.family_id)
             for index in links:
-                members, expires = self._sets.get(index, (set(), 0))
-                members = members if expires > now else set()
-                members.add(member)
-                self._sets[index] = (members, max(expires, state.absolute_exp))
+                self._link_locked(index, member, state.absolute_exp, now)
             return Issued(limits, expires_at=state.expires() // 1000)
 
     def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
@@ -201,14 +198,17 @@ class MemoryStore(Store):
             self._values[key] = ("1", now + ttl * 1000)
             return True
 
+    def _link_locked(self, index: str, member: str, keep_until: int, now: int) -> None:
+        members, expires = self._sets.get(index, (set(), 0))
+        if expires <= now:
+            members = set()
+        members.add(member)
+        self._sets[index] = (members, max(expires, keep_until))
+
     def link(self, index: str, member: str, ttl: int) -> None:
         with self._lock:
             now = now_ms()
-            members, expires = self._sets.get(index, (set(), 0))
-            if expires <= now:
-                members = set()
-            members.add(member)
-            self._sets[index] = (members, max(expires, now + ttl * 1000))
+            self._link_locked(index, member, now + ttl * 1000, now)
 
     def members(self, index: str) -> list[str]:
         with self._lock:

@@ -111,18 +111,20 @@ class RedisStore(Store):
         script = self._scripts[name]
         return self._call(lambda: script(keys=all_keys, args=bucket_args + list(args)))
 
+    def _limit_by_slot(self, buckets: Sequence[Bucket]) -> LimitDecision:
+        """One limit script per hash tag (a Cluster slot); stop at the first refusal."""
+        decision = LimitDecision()
+        for tag in dict.fromkeys(b.tag for b in buckets):
+            decision = decision.merged(self._limit([b for b in buckets if b.tag == tag]))
+            if not decision.allowed:
+                break
+        return decision
+
     def _split(self, buckets: Sequence[Bucket], tag: str) -> tuple[LimitDecision, list[Bucket]]:
         """On a Cluster, check buckets of other slots first; return the decision and the rest."""
         if not self.cluster:
             return LimitDecision(), list(buckets)
-        decision = LimitDecision()
-        others = [b for b in buckets if b.tag != tag]
-        for other_tag in dict.fromkeys(b.tag for b in others):
-            group = [b for b in others if b.tag == other_tag]
-            decision = decision.merged(self._limit(group))
-            if not decision.allowed:
-                break
-        return decision, [b for b in buckets if b.tag == tag]
+        return self._limit_by_slot([b for b in buckets if b.tag != tag]), [b for b in buckets if b.tag == tag]
 
     def _limit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         outcome, retry, flat = self._run("limit", buckets, [], [])
@@ -132,12 +134,7 @@ class RedisStore(Store):
     def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         if not buckets:
             return LimitDecision()
-        if not self.cluster:
-            return self._limit(buckets)
-        decision = LimitDecision()
-        for tag in dict.fromkeys(b.tag for b in buckets):
-            decision = decision.merged(self._limit([b for b in buckets if b.tag == tag]))
-        return decision
+        return self._limit_by_slot(buckets) if self.cluster else self._limit(buckets)
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
               lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
