@@ -9,6 +9,7 @@ Labels are bounded: endpoints are route templates, reasons are problem types, ne
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -59,9 +60,21 @@ FAMILIES_REVOKED = Counter(
 )
 
 
+_month: tuple[float, str] = (0.0, "")  # (valid until, month): months change on a minute boundary
+
+
 def current_month() -> str:
-    """The billing month of "active identities": Twilio counts per calendar month (UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m")
+    """The billing month of "active identities": Twilio counts per calendar month (UTC).
+
+    Every token request asks, so the answer is kept until the next whole minute.
+    """
+    global _month
+    now = time.time()
+    until, month = _month
+    if now >= until:
+        month = datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+        _month = (now - now % 60 + 60, month)
+    return month
 
 
 class ActiveIdentities(Collector):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Collection
 from importlib import resources
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, session
@@ -40,24 +41,34 @@ def _cookie_name() -> str:
     return current_app.extensions["token_service.settings"].login.cookie_name  # type: ignore[no-any-return]
 
 
-def require_csrf() -> None:
+def check_csrf(header: Callable[[str], str | None], allowed_origins: Collection[str]) -> None:
     """Refuse a cookie-authenticated POST unless it proves it comes from an allowed page."""
-    if not request.headers.get(CSRF_HEADER):
+    if not header(CSRF_HEADER):
         raise AccessDenied(f"cookie-authenticated requests need the {CSRF_HEADER} header (CSRF protection)")
-    origin = request.headers.get("Origin") or ""
+    origin = header("Origin") or ""
     if not origin or origin == "null":
-        referer = request.headers.get("Referer") or ""
+        referer = header("Referer") or ""
         origin = origin_of(referer) if referer else ""
-    if origin_of(origin) not in _login().allowed_origins:
+    if origin_of(origin) not in allowed_origins:
         raise AccessDenied("the request's Origin is not allowed to use this session (CSRF protection)")
 
 
-def current_session() -> tuple[str, BrowserSession] | None:
-    session_id = request.cookies.get(_cookie_name())
-    if not session_id or "token_service.sessions" not in current_app.extensions:
+def session_for(session_id: str | None, sessions: SessionStore) -> tuple[str, BrowserSession] | None:
+    """The signed-in browser session named by the session cookie's value, if it is live."""
+    if not session_id:
         return None
-    found = _sessions().load(session_id)
+    found = sessions.load(session_id)
     return (session_id, found) if found else None
+
+
+def require_csrf() -> None:
+    check_csrf(request.headers.get, _login().allowed_origins)
+
+
+def current_session() -> tuple[str, BrowserSession] | None:
+    if "token_service.sessions" not in current_app.extensions:
+        return None
+    return session_for(request.cookies.get(_cookie_name()), _sessions())
 
 
 @bp.get("/login")

@@ -2,7 +2,8 @@
 
 Only origins in ``[server] cors_origins`` get ``Access-Control-Allow-Origin`` (never ``*``, which
 cannot go with credentials). A preflight from any other origin is refused with 403, so the browser
-never sends the real request.
+never sends the real request. ``CorsPolicy`` is framework-free: the token endpoints' WSGI app
+(``api/token_api.py``) and the Flask hooks below share it.
 """
 
 from __future__ import annotations
@@ -12,34 +13,60 @@ from flask import Flask, Response, request
 from token_service.errors import AccessDenied
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Requested-With"
+EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID"
 CORS_PATHS = ("/v1/token", "/v1/token/refresh", "/v1/token/revoke", "/logout")
+PREFLIGHT_HEADERS = (
+    ("Access-Control-Allow-Methods", "POST"),
+    ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+    ("Access-Control-Max-Age", "600"),
+)
 
 
-def install(app: Flask, origins: list[str]) -> None:
-    allowed = {o.rstrip("/").lower() for o in origins}
+class CorsPolicy:
+    def __init__(self, origins: list[str]) -> None:
+        self.allowed = frozenset(o.rstrip("/").lower() for o in origins)
+
+    def preflight(self, origin: str | None) -> tuple[tuple[str, str], ...]:
+        """The 204 answer's own headers for a preflight from ``origin``; raises for other origins.
+
+        Like every answer on a CORS path, it also gets ``response_headers``.
+        """
+        if (origin or "").lower() not in self.allowed:
+            raise AccessDenied("this origin is not allowed to call the token service (CORS)")
+        return PREFLIGHT_HEADERS
+
+    def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """What every answer on a CORS path carries: ``Vary``, plus the grant for allowed origins."""
+        if origin is None or origin.lower() not in self.allowed:
+            return [("Vary", "Origin")]
+        return [
+            ("Vary", "Origin"),
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+        ]
+
+
+def install(app: Flask, policy: CorsPolicy) -> None:
+    """CORS on the Flask side (``/logout``); the token endpoints apply ``policy`` themselves."""
 
     def preflight() -> Response | None:
         if request.method != "OPTIONS" or request.path not in CORS_PATHS:
             return None
         if "Access-Control-Request-Method" not in request.headers:
             return None
-        origin = (request.headers.get("Origin") or "").lower()
-        if origin not in allowed:
-            raise AccessDenied("this origin is not allowed to call the token service (CORS)")
         resp = Response(status=204)
-        resp.headers["Access-Control-Allow-Methods"] = "POST"
-        resp.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-        resp.headers["Access-Control-Max-Age"] = "600"
+        for name, value in policy.preflight(request.headers.get("Origin")):
+            resp.headers[name] = value
         return resp
 
     def add_headers(resp: Response) -> Response:
         if request.path in CORS_PATHS:
-            resp.vary.add("Origin")
-            origin = (request.headers.get("Origin") or "").lower()
-            if origin in allowed:
-                resp.headers["Access-Control-Allow-Origin"] = request.headers["Origin"]
-                resp.headers["Access-Control-Allow-Credentials"] = "true"
-                resp.headers["Access-Control-Expose-Headers"] = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID"
+            for name, value in policy.response_headers(request.headers.get("Origin")):
+                if name == "Vary":
+                    resp.vary.add(value)
+                else:
+                    resp.headers[name] = value
         return resp
 
     app.before_request(preflight)

@@ -8,12 +8,13 @@ echo of the request.
 
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Flask, Response, json
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from token_service.api.observability import record_denial
+from token_service.api.observability import endpoint_label, record_denial
 from token_service.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -30,8 +31,8 @@ PROBLEM_JSON = "application/problem+json"
 REALM = "token-service"
 
 
-def problem_response(err: ServiceError) -> Response:
-    record_denial(err.type, err.status, err.detail)
+def problem(err: ServiceError) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and headers (Content-Type included) of ``err`` as a problem document."""
     body = {
         "type": err.type,
         "title": err.title,
@@ -40,17 +41,30 @@ def problem_response(err: ServiceError) -> Response:
         "error": err.type,
         "error_description": err.detail,
     }
-    resp = Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON)
-    resp.headers["Cache-Control"] = "no-store"
-    for name, value in err.headers.items():
-        resp.headers[name] = value
+    headers = [("Content-Type", PROBLEM_JSON), ("Cache-Control", "no-store"), *err.headers.items()]
     if err.status == 401 and err.type == "invalid_token":
         # RFC 6750 3: no error code when the request carried no credentials at all.
         challenge = f'Bearer realm="{REALM}"'
         if not isinstance(err, MissingToken):
             challenge += f', error="invalid_token", error_description="{err.title}"'
-        resp.headers["WWW-Authenticate"] = challenge
-    return resp
+        headers.append(("WWW-Authenticate", challenge))
+    return json.dumps(body).encode(), headers
+
+
+def as_service_error(exc: Exception, *, store_retry_after: int) -> ServiceError:
+    """What a caller sees for ``exc``: itself, a 503 for a store outage, else a bare 500."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, StoreUnavailable):
+        return Unavailable("the token store is unavailable; retry shortly", retry_after=store_retry_after)
+    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    return ServiceError("an internal error occurred; it has been logged")
+
+
+def problem_response(err: ServiceError) -> Response:
+    record_denial(endpoint_label(), err, request.remote_addr)
+    body, headers = problem(err)
+    return Response(body, status=err.status, headers=headers)
 
 
 _HTTP_ERRORS: dict[int, type[ServiceError]] = {
@@ -76,18 +90,10 @@ def _from_http_exception(exc: HTTPException) -> Response:
     return resp
 
 
-def _unexpected(exc: Exception) -> Response:
-    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-    return problem_response(ServiceError("an internal error occurred; it has been logged"))
-
-
 def register_error_handlers(app: Flask, *, store_retry_after: int) -> None:
-    def store_down(_: StoreUnavailable) -> Response:
-        return problem_response(
-            Unavailable("the token store is unavailable; retry shortly", retry_after=store_retry_after)
-        )
+    def other(exc: Exception) -> Response:
+        return problem_response(as_service_error(exc, store_retry_after=store_retry_after))
 
     app.register_error_handler(ServiceError, problem_response)
-    app.register_error_handler(StoreUnavailable, store_down)
     app.register_error_handler(HTTPException, _from_http_exception)
-    app.register_error_handler(Exception, _unexpected)
+    app.register_error_handler(Exception, other)

@@ -3,17 +3,20 @@
 The request id comes from ``X-Request-ID`` only when a trusted gateway sits in front
 (``[server] trusted_proxies`` > 0) and it looks like an id; otherwise one is made here. Either way
 it is echoed in the response and put on every log line of the request (see ``logs.py``).
+The framework-free helpers (``request_id_for``, ``observe``, ``record_denial``) serve the Flask
+hooks below and the token endpoints' WSGI app alike.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
+from token_service.errors import ServiceError
 from token_service.logs import request_id_var
 from token_service.metrics import DENIALS, HTTP_DURATION, HTTP_REQUESTS, ActiveIdentities, render
 from token_service.store.base import StoreUnavailable
@@ -29,33 +32,45 @@ def endpoint_label() -> str:
     return request.url_rule.rule if request.url_rule is not None else "unmatched"
 
 
+def request_id_for(incoming: str | None, trusted: bool) -> str:
+    """The gateway's ``X-Request-ID`` when a trusted gateway sent a plausible one, else a new id."""
+    if trusted and incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return secrets.token_hex(16)  # the shape of a uuid4 hex, without building a UUID
+
+
+def observe(endpoint: str, method: str, path: str, status: int, elapsed: float, client_ip: str | None,
+            access_log: bool) -> None:
+    """Count and time one answered request, and write its access line when that log is on."""
+    HTTP_REQUESTS.labels(endpoint, method, str(status)).inc()
+    HTTP_DURATION.labels(endpoint).observe(elapsed)
+    if access_log:
+        access.info(
+            "request",
+            extra={
+                "event": "http_request",
+                "method": method,
+                "path": path,  # never the query string: OAuth callbacks carry codes there
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client_ip": client_ip,
+            },
+        )
+
+
 def _start() -> None:
     g.started = time.perf_counter()
-    incoming = request.headers.get("X-Request-ID", "")
     trusted = current_app.extensions["token_service.settings"].server.trusted_proxies > 0
-    g.request_id = incoming if trusted and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id_for(request.headers.get("X-Request-ID"), trusted)
     g.request_id_token = request_id_var.set(g.request_id)
 
 
 def _finish(resp: Response) -> Response:
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    endpoint = endpoint_label()
-    HTTP_REQUESTS.labels(endpoint, request.method, str(resp.status_code)).inc()
-    HTTP_DURATION.labels(endpoint).observe(elapsed)
+    settings = current_app.extensions["token_service.settings"]
+    observe(endpoint_label(), request.method, request.path, resp.status_code, elapsed, request.remote_addr,
+            settings.logging.access_log)
     resp.headers["X-Request-ID"] = g.get("request_id", "")
-    if not current_app.extensions["token_service.settings"].logging.access_log:
-        return resp
-    access.info(
-        "request",
-        extra={
-            "event": "http_request",
-            "method": request.method,
-            "path": request.path,  # never the query string: OAuth callbacks carry codes there
-            "status": resp.status_code,
-            "duration_ms": round(elapsed * 1000, 2),
-            "client_ip": request.remote_addr,
-        },
-    )
     return resp
 
 
@@ -65,21 +80,20 @@ def _teardown(_: BaseException | None) -> None:
         request_id_var.reset(token)
 
 
-def record_denial(problem_type: str, status: int, detail: str) -> None:
-    """Audit line and metric for a refused request (called by the problem renderer)."""
-    endpoint = endpoint_label()
+def record_denial(endpoint: str, err: ServiceError, client_ip: str | None) -> None:
+    """Audit line and metric for a refused request (called wherever a problem is rendered)."""
     if endpoint == "unmatched":
         return
-    DENIALS.labels(endpoint, problem_type).inc()
+    DENIALS.labels(endpoint, err.type).inc()
     audit.info(
         "request denied",
         extra={
             "event": "denied",
             "endpoint": endpoint,
-            "reason": problem_type,
-            "status": status,
-            "detail": detail,
-            "client_ip": request.remote_addr,
+            "reason": err.type,
+            "status": err.status,
+            "detail": err.detail,
+            "client_ip": client_ip,
         },
     )
 

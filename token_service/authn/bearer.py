@@ -1,21 +1,30 @@
 """Bearer proof: an ID token or JWT access token (RFC 9068) from a trusted issuer (design 2.1).
 
-Fails closed, in this order: size and shape; header (``alg`` on the issuer's asymmetric
-allow-list, no ``crit`` we do not understand, a token ``typ`` we accept); the issuer, looked up by
-exact ``iss`` only to choose which keys to verify with; the signature, with a key from that
-issuer's own JWKS (``jku``, ``x5u`` and ``jwk`` headers are never followed); then ``iss``, ``aud``,
-``exp``, ``nbf`` and ``iat`` with the issuer's leeway. No claim is used before the signature holds.
+Fails closed, in this order: size and shape (strict, canonical base64url, as PyJWT demands);
+header (``alg`` on the issuer's asymmetric allow-list, no ``crit`` we do not understand, a token
+``typ`` we accept); the issuer, looked up by exact ``iss`` only to choose which keys to verify
+with; the signature, checked by PyJWT's algorithm for ``alg`` with a key from that issuer's own
+JWKS (``jku``, ``x5u`` and ``jwk`` headers are never followed); then the required claims and
+``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` with the issuer's leeway, by PyJWT's rules. No claim
+is used before the signature holds.
+
+Why not ``jwt.decode``: it decodes and validates the segments again after the checks above, and
+that repeat cost as much CPU as the RSA verification itself on the token path. The claim rules
+are tested against ``jwt.decode`` as the oracle (``tests/test_bearer_claims.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
 from token_service.authn.jwks import (
     FileKeySource,
@@ -41,25 +50,92 @@ class VerifiedToken:
     claims: Mapping[str, Any]
 
 
-def _b64_json(segment: str) -> Any:
-    padded = segment + "=" * (-len(segment) % 4)
-    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALGORITHMS = get_default_algorithms()
 
 
-def _split(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Decode the header and (unverified) payload of a compact JWS, or raise ``InvalidToken``."""
+def _b64decode(segment: str) -> bytes:
+    """Strict base64url, as PyJWT reads it: the URL-safe alphabet, canonical, padding optional."""
+    stripped = segment.rstrip("=")
+    padding = len(segment) - len(stripped)
+    if padding > 2 or (padding and len(segment) % 4) or len(stripped) % 4 == 1:
+        raise ValueError("bad base64url padding")
+    if not _BASE64URL.fullmatch(stripped):
+        raise ValueError("not base64url")
+    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode("ascii"):
+        raise ValueError("not canonical base64url")
+    return decoded
+
+
+@dataclass(frozen=True)
+class _Compact:
+    """A compact JWS taken apart: decoded header and (still unverified) payload, signed bytes."""
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _split(token: str) -> _Compact:
+    """Take a compact JWS apart, or raise ``InvalidToken``; nothing here is trusted yet."""
     if len(token.encode("utf-8", "replace")) > MAX_TOKEN_BYTES:
         raise InvalidToken(f"the token is larger than {MAX_TOKEN_BYTES // 1024} KiB")
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         raise InvalidToken("the token is not a signed JWT (expected three dot-separated parts)")
     try:
-        header, payload = _b64_json(parts[0]), _b64_json(parts[1])
-    except (ValueError, UnicodeError):
-        raise InvalidToken("the token is malformed (header or payload is not base64url JSON)") from None
+        header, payload = json.loads(_b64decode(parts[0])), json.loads(_b64decode(parts[1]))
+        signature = _b64decode(parts[2])
+    except (ValueError, UnicodeError, RecursionError):
+        raise InvalidToken("the token is malformed (a part is not base64url, or not JSON)") from None
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise InvalidToken("the token is malformed (header or payload is not a JSON object)")
-    return header, payload
+    signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
+    return _Compact(header, payload, signing_input, signature)
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | None:
+    """A NumericDate claim (RFC 7519 2) in whole seconds, as PyJWT reads it; absent is None.
+
+    Stricter than PyJWT in one way: a JSON string of digits is refused, not converted.
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"the token's {name!r} claim is not a number")
+    try:
+        return int(value)
+    except (OverflowError, ValueError):  # Infinity and NaN, which Python's json accepts
+        raise InvalidToken(f"the token's {name!r} claim is not a number") from None
+
+
+def validate_claims(claims: Mapping[str, Any], *, issuer: str, audiences: Iterable[str], leeway: float,
+                    required: Iterable[str], now: float) -> None:
+    """PyJWT's claim rules, for claims whose signature already holds; raises ``InvalidToken``."""
+    for name in required:
+        if claims.get(name) is None:
+            raise InvalidToken(f"the token lacks the required {name!r} claim")
+    exp, nbf, iat = (_numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
+    if exp is not None and exp <= now - leeway:
+        raise InvalidToken("the token has expired")
+    if (iat is not None and iat > now + leeway) or (nbf is not None and nbf > now + leeway):
+        raise InvalidToken("the token is not valid yet (nbf or iat is in the future)")
+    if claims.get("iss") != issuer:
+        raise InvalidToken("the token's issuer is not trusted")
+    aud = claims.get("aud")
+    accepted = [aud] if isinstance(aud, str) else aud
+    if (
+        not isinstance(accepted, list)
+        or not all(isinstance(a, str) for a in accepted)
+        or not any(a in accepted for a in audiences)
+    ):
+        raise InvalidToken("the token's audience is not accepted by this service")
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise InvalidToken(f"the token's {name!r} claim is not a string")
 
 
 def _check_header(
@@ -81,24 +157,12 @@ def _check_header(
     return alg
 
 
-_PYJWT_REASONS: list[tuple[type[Exception], str]] = [
-    (jwt.ExpiredSignatureError, "the token has expired"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf or iat is in the future)"),
-    (jwt.InvalidAudienceError, "the token's audience is not accepted by this service"),
-    (jwt.InvalidIssuerError, "the token's issuer is not trusted"),
-    (jwt.MissingRequiredClaimError, "the token lacks a required claim"),
-    (jwt.InvalidSignatureError, "the token's signature is invalid"),
-    (jwt.InvalidAlgorithmError, "the token's signing algorithm is not allowed for its issuer"),
-]
-
-
-def _reason(exc: jwt.PyJWTError) -> str:
-    for cls, reason in _PYJWT_REASONS:
-        if isinstance(exc, cls):
-            if isinstance(exc, jwt.MissingRequiredClaimError):
-                return f"the token lacks the required {exc.claim!r} claim"
-            return reason
-    return "the token is malformed or its signature is invalid"
+def _signature_holds(alg: str, key: Any, parts: _Compact) -> bool:
+    """PyJWT's own verifier for ``alg`` (ES* signatures are raw r||s, converted by it)."""
+    try:
+        return bool(_ALGORITHMS[alg].verify(parts.signing_input, key, parts.signature))
+    except (ValueError, TypeError, jwt.PyJWTError):
+        return False
 
 
 def cache_for(issuer: IssuerSettings) -> JwksCache:
@@ -141,7 +205,8 @@ class BearerVerifier:
         required: list[str] = REQUIRED_CLAIMS,
         only_issuer: str | None = None,
     ) -> VerifiedToken:
-        header, unverified = _split(token)
+        parts = _split(token)
+        header, unverified = parts.header, parts.payload
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None or (only_issuer is not None and issuer.name != only_issuer):
@@ -156,18 +221,11 @@ class BearerVerifier:
                 f"the signing keys of issuer {issuer.name!r} cannot be fetched; retry later",
                 retry_after=int(min(30, self.caches[issuer.name].cooldown)),
             ) from None
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=audience or issuer.audiences,
-                issuer=issuer.issuer,
-                leeway=issuer.leeway,
-                options={"require": required, "verify_signature": True},
-            )
-        except jwt.PyJWTError as exc:
-            raise InvalidToken(_reason(exc)) from None
+        if not _signature_holds(alg, key, parts):
+            raise InvalidToken("the token's signature is invalid")
+        claims = unverified  # from here on, verified
+        validate_claims(claims, issuer=issuer.issuer, audiences=[audience] if audience else issuer.audiences,
+                        leeway=issuer.leeway, required=required, now=time.time())
         if "sub" in required and (not isinstance(claims.get("sub"), str) or not claims["sub"]):
             raise InvalidToken("the token's 'sub' claim is not a non-empty string")
         return VerifiedToken(issuer=issuer, claims=claims)

@@ -10,13 +10,17 @@ before (two round trips there; one on standalone and Sentinel). Redis errors bec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
+import hiredis
 import redis
 from redis.commands.core import Script
 
@@ -63,15 +67,77 @@ def _meta(family: Family) -> str:
     return json.dumps({k: getattr(family, k) for k in _FAMILY_FIELDS}, separators=(",", ":"))
 
 
+class PinnedScripts:
+    """``EVALSHA`` over a connection of the calling thread's own: the request path's round trip.
+
+    redis-py's generic command path (pool checkout and return, retry wrapper, command lookup)
+    costs more CPU than the round trip itself, on every request. A connection that belongs to one
+    thread needs none of it. Connections are made with the pool's own class and options (TLS, ACL
+    user, Sentinel master lookup, timeouts), are made again after a fork (gunicorn preloads the app),
+    and close when their thread ends. The failure policy is the client's: a dropped connection is
+    retried once on a fresh one, a timeout is not (the script may have run); a script Redis has
+    forgotten (a restart) is loaded again.
+    """
+
+    def __init__(self, client: Any, sources: dict[str, str]) -> None:
+        self._client = client
+        self._pool = client.connection_pool
+        self._sources = sources
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.connection = self._pool.connection_class(**self._pool.connection_kwargs)
+            local.pid = pid
+        return local.connection
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        connection = self._connection()
+        # hiredis packs str and int arguments itself, in C (redis-py would re-encode each first).
+        packed = [hiredis.pack_command(("EVALSHA", self._shas[name], len(keys), *keys, *args))]
+        for attempt in (1, 2):
+            try:
+                if not connection.is_connected:
+                    # Through connect(): a Sentinel-managed connection looks the master up there.
+                    connection.connect()
+                connection.send_packed_command(packed, check_health=False)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._client.script_load(self._sources[name])
+            except redis.ConnectionError:
+                connection.disconnect()
+                if attempt == 2:
+                    raise
+            except redis.ResponseError:
+                raise  # the reply was read whole: the connection stays usable
+            except BaseException:
+                connection.disconnect()  # a timeout or an interruption mid-reply
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.disconnect()
+
+
 class RedisStore(Store):
     def __init__(self, client: Any, *, prefix: str = "ts:", cluster: bool = False) -> None:
         self.client = client
         self.prefix = prefix
         self.cluster = cluster
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(_source(name))
+        sources = {
+            name: _source(name)
             for name in ("limit", "issue", "rotate", "revoke", "revoke_identity", "link", "revoke_family")
         }
+        self._scripts: dict[str, Script] = {name: client.register_script(src) for name, src in sources.items()}
+        # A Cluster routes each call by slot: it keeps redis-py's own path.
+        self._pinned = None if cluster else PinnedScripts(client, sources)
 
     # -- keys -------------------------------------------------------------------------------
     def bucket_key(self, b: Bucket) -> str:
@@ -108,6 +174,9 @@ class RedisStore(Store):
         for b in buckets:
             bucket_args += [b.limit, b.window]
         all_keys = [self.bucket_key(b) for b in buckets] + list(keys)
+        pinned = self._pinned
+        if pinned is not None:
+            return self._call(lambda: pinned.run(name, all_keys, bucket_args + list(args)))
         script = self._scripts[name]
         return self._call(lambda: script(keys=all_keys, args=bucket_args + list(args)))
 
@@ -231,6 +300,8 @@ class RedisStore(Store):
 
     def close(self) -> None:
         try:
+            if self._pinned is not None:
+                self._pinned.close()
             self.client.close()
         except redis.RedisError:  # pragma: no cover - closing a dead connection
             pass

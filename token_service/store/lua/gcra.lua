@@ -13,12 +13,15 @@ end
 
 local function limit(n, now)
   local allowed, retry, states, tats = true, 0, {}, {}
+  if n == 0 then
+    return allowed, retry, states
+  end
+  local stored = redis.call('MGET', unpack(KEYS, 1, n))  -- one call for every bucket
   for i = 1, n do
     local lim = tonumber(ARGV[2 * i])
     local window = tonumber(ARGV[2 * i + 1]) * 1000
     local interval = window / lim
-    local stored = redis.call('GET', KEYS[i])
-    local base = math.max(stored and tonumber(stored) or now, now)
+    local base = math.max(stored[i] and tonumber(stored[i]) or now, now)
     local new_tat = math.ceil(base + interval)
     local allow_at = new_tat - window
     if now < allow_at then

@@ -7,14 +7,15 @@ end
 local n = tonumber(ARGV[1])
 local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local presented = ARGV[2 + 2 * n]
-local info = redis.call('HGET', fam, 'meta')
+local fields = redis.call('HMGET', fam, 'meta', 'revoked')
+local info = fields[1]
 if not info then
   return {'unknown', 0, states}
 end
 if redis.call('SISMEMBER', live, presented) == 0 and not redis.call('ZSCORE', used, presented) then
   return {'unknown', 0, states}
 end
-local outcome = redis.call('HGET', fam, 'revoked') == '1' and 'already' or 'revoked'
+local outcome = fields[2] == '1' and 'already' or 'revoked'
 redis.call('HSET', fam, 'revoked', '1', 'revoked_reason', 'revoke')
 redis.call('DEL', live)
 return {outcome, 0, states, info}

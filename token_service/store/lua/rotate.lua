@@ -13,11 +13,12 @@ local fam, live, used = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local o = 2 + 2 * n
 local presented, new_digest = ARGV[o], ARGV[o + 1]
 local idle, grace, max_used = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000, tonumber(ARGV[o + 4])
-local info = redis.call('HGET', fam, 'meta')
+local fields = redis.call('HMGET', fam, 'meta', 'revoked', 'abs_exp')
+local info = fields[1]
 if not info then
   return {'unknown', 0, states}
 end
-if redis.call('HGET', fam, 'revoked') == '1' then
+if fields[2] == '1' then
   return {'revoked', 0, states, info}
 end
 local outcome = 'rotated'
@@ -40,7 +41,7 @@ else
   outcome = 'grace'
 end
 redis.call('SADD', live, new_digest)
-local expires = math.min(tonumber(redis.call('HGET', fam, 'abs_exp')), now + idle)
+local expires = math.min(tonumber(fields[3]), now + idle)
 redis.call('PEXPIREAT', fam, fmt(expires))
 redis.call('PEXPIREAT', live, fmt(expires))
 redis.call('PEXPIREAT', used, fmt(expires))

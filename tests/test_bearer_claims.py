@@ -1,0 +1,136 @@
+"""The verifier's claim rules and signature check, with PyJWT's ``jwt.decode`` as the oracle.
+
+``BearerVerifier`` checks claims itself instead of decoding the token a second time with
+``jwt.decode`` (see ``authn/bearer.py``); these tests hold it to PyJWT's decisions on a grid of
+claim sets, and to PyJWT's signature rules on tampered tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from devidp.harness import generate_keys, public_jwks
+from token_service.authn.bearer import BearerVerifier, validate_claims
+from token_service.errors import InvalidToken
+from token_service.settings import IssuerSettings
+
+from .support import forge, rsa
+
+ISSUER = "https://idp.example"
+AUDIENCES = ["chat-app", "urn:chat:api"]
+LEEWAY = 30
+REQUIRED = ["iss", "sub", "aud", "exp", "iat"]
+NOW = 1_800_000_000
+
+TIMES: list[Any] = [None, NOW - 3600, NOW - LEEWAY - 1, NOW - LEEWAY + 1, NOW + LEEWAY - 1, NOW + LEEWAY + 1,
+                    NOW + 3600, float(NOW + 10) + 0.5, True, "soon", float("inf"), float("nan")]
+AUDS: list[Any] = [None, "chat-app", "other", ["other", "urn:chat:api"], ["other"], [], [1], {"a": 1}, ""]
+ISSUERS: list[Any] = [None, ISSUER, ISSUER + "/", 7]
+SUBS: list[Any] = [None, "alice", 12]
+
+
+def _ours(claims: dict[str, Any]) -> bool:
+    try:
+        validate_claims(claims, issuer=ISSUER, audiences=AUDIENCES, leeway=LEEWAY, required=REQUIRED, now=NOW)
+    except InvalidToken:
+        return False
+    return True
+
+
+def _pyjwt(claims: dict[str, Any], key: Any) -> bool:
+    token = jwt.encode(claims, key, algorithm="HS256")
+    try:
+        jwt.decode(token, key, algorithms=["HS256"], audience=AUDIENCES, issuer=ISSUER, leeway=LEEWAY,
+                   options={"require": REQUIRED})
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
+def _claims(**values: Any) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _cases() -> list[dict[str, Any]]:
+    cases = [_claims(iss=ISSUER, sub="alice", aud="chat-app", exp=exp, iat=iat, nbf=nbf)
+             for exp, iat, nbf in itertools.product(TIMES, TIMES, [None, *TIMES[1:8]])]
+    cases += [_claims(iss=iss, sub=sub, aud=aud, exp=NOW + 600, iat=NOW)
+              for iss, sub, aud in itertools.product(ISSUERS, SUBS, AUDS)]
+    cases += [_claims(iss=ISSUER, sub="alice", aud="chat-app", exp=NOW + 600, iat=NOW, jti=jti)
+              for jti in ["j-1", 5, None]]
+    cases.append({"iss": ISSUER, "sub": "alice", "aud": "chat-app", "exp": NOW + 600, "iat": NOW, "nbf": None})
+    return cases
+
+
+def _pyjwt_at_now(claims: dict[str, Any], key: str, monkeypatch: pytest.MonkeyPatch) -> bool:
+    # PyJWT reads the clock itself; pin it (the oracle's clock, not the code under test).
+    monkeypatch.setattr(jwt.api_jwt, "datetime", _FrozenDatetime)
+    return _pyjwt(claims, key)
+
+
+class _FrozenDatetime:
+    @staticmethod
+    def now(tz: Any = None) -> Any:
+        import datetime as real
+
+        return real.datetime.fromtimestamp(NOW, tz=tz)
+
+
+def test_claim_rules_agree_with_pyjwt(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "k" * 32
+    disagreements = []
+    for claims in _cases():
+        # Where we are stricter: PyJWT turns strings of digits and booleans into numbers; we refuse.
+        if any(isinstance(claims.get(n), str | bool) for n in ("exp", "iat", "nbf")):
+            assert not _ours(claims)
+            continue
+        ours = _ours(claims)
+        try:
+            theirs = _pyjwt_at_now(claims, key, monkeypatch)
+        except (ValueError, TypeError):  # PyJWT cannot even encode NaN or Infinity
+            theirs = False
+        if ours != theirs:
+            disagreements.append((claims, ours, theirs))
+    assert not disagreements, disagreements[:5]
+    assert len(_cases()) > 800
+
+
+def test_signature_rules_agree_with_pyjwt(tmp_path: Path) -> None:
+    keys = generate_keys()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(public_jwks(keys)))
+    issuer = IssuerSettings(name="t", issuer=ISSUER, audiences=AUDIENCES, jwks_file=str(jwks))
+    verifier = BearerVerifier([issuer])
+    now = int(time.time())
+    good = forge(rsa(keys), {"iss": ISSUER, "sub": "alice", "aud": "chat-app", "exp": now + 600, "iat": now})
+    head, body, sig = good.split(".")
+    flipped = sig[:-6] + ("A" if sig[-6] != "A" else "B") + sig[-5:]
+    variants = {
+        "good": good,
+        "flipped signature": f"{head}.{body}.{flipped}",
+        "padded signature": f"{head}.{body}.{sig}==",
+        "junk in signature": f"{head}.{body}.{sig[:-4]}!!!!",
+        "short signature": f"{head}.{body}.{sig[:40]}",
+        "other payload": f"{head}.{jwt.utils.base64url_encode(b'{}').decode()}.{sig}",
+    }
+    public = jwt.PyJWK(public_jwks(keys)["keys"][0]).key
+    for name, token in variants.items():
+        try:
+            jwt.decode(token, public, algorithms=["RS256"], audience=AUDIENCES, issuer=ISSUER)
+            theirs = True
+        except jwt.PyJWTError:
+            theirs = False
+        try:
+            verifier.verify(token)
+            ours = True
+        except InvalidToken:
+            ours = False
+        assert ours == theirs, name
+    assert verifier.verify(good).claims["sub"] == "alice"

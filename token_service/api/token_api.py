@@ -1,0 +1,254 @@
+"""``POST /v1/token``, ``/v1/token/refresh`` and ``/v1/token/revoke`` (design section 3), as plain WSGI.
+
+Why not Flask views: these endpoints are the service's hot path, and Flask's per-request machinery
+(request and app contexts, hooks, ``Response`` and ``Headers`` objects) cost more CPU than minting
+a token does (``make bench``). ``TokenApi`` answers them straight from the WSGI environ and hands
+every other path to the Flask app behind it, so health, metrics, OpenAPI and the browser flows stay
+Flask. It does for its requests what the Flask hooks do for theirs, with the same helpers: request
+id, problem+json errors (``api/errors.py``), CORS (``api/cors.py``), metrics and the access log
+(``api/observability.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_cookie
+from werkzeug.wsgi import get_input_stream
+
+from token_service.api.browser import check_csrf, session_for
+from token_service.api.cors import CorsPolicy
+from token_service.api.errors import as_service_error, problem
+from token_service.api.observability import observe, record_denial, request_id_for
+from token_service.authn.browser import BrowserLogin
+from token_service.authn.sessions import SessionStore
+from token_service.errors import InvalidRequest, InvalidToken, MethodNotAllowed, MissingToken, PayloadTooLarge
+from token_service.issuance import IssuedToken, TokenIssuer
+from token_service.logs import request_id_var
+from token_service.ratelimit import rate_limit_headers
+from token_service.settings import Settings
+from token_service.store.base import LimitDecision
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+PATHS = frozenset({"/v1/token", "/v1/token/refresh", "/v1/token/revoke"})
+MAX_REFRESH_TOKEN_CHARS = 512
+ALLOW = "POST, OPTIONS"
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+
+
+class Request:
+    """The few things the token endpoints read from one WSGI environ."""
+
+    __slots__ = ("environ", "path", "client_ip")
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.path: str = environ["PATH_INFO"]
+        self.client_ip: str | None = environ.get("REMOTE_ADDR")
+
+    def header(self, name: str) -> str | None:
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"))  # type: ignore[no-any-return]
+
+    def params(self, max_bytes: int) -> dict[str, Any]:
+        """The body as a dict: a JSON object, or an HTML form (RFC 7009 clients send forms)."""
+        try:
+            data = get_input_stream(self.environ, max_content_length=max_bytes).read()
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge("the request body is too large") from None
+        mimetype = self.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if mimetype == "application/x-www-form-urlencoded":
+            form: dict[str, Any] = {}
+            for name, value in parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True):
+                form.setdefault(name, value)
+            return form
+        if not data:
+            return {}
+        if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+            raise InvalidRequest("the body must be JSON (Content-Type: application/json) or a form")
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        return body
+
+    def bearer_token(self) -> str:
+        """The credentials of ``Authorization: Bearer ...`` (RFC 6750 2.1)."""
+        header = self.header("Authorization")
+        if header is None:
+            raise MissingToken("send the IdP token as 'Authorization: Bearer <token>'")
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidRequest("the Authorization header must use the Bearer scheme")
+        credentials = credentials.strip()
+        if not credentials:
+            raise InvalidToken("the Bearer credentials are empty")
+        return credentials
+
+
+def optional_string(body: dict[str, Any], name: str) -> str | None:
+    """``body[name]`` when present, which must then be a string (``null`` is not)."""
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string")
+    return value
+
+
+def refresh_token_param(body: dict[str, Any], *names: str) -> str:
+    """The first of ``names`` present; every one present must be a plausible token string."""
+    found = []
+    for name in names:
+        value = optional_string(body, name)
+        if value is None:
+            continue
+        if not value or len(value) > MAX_REFRESH_TOKEN_CHARS:
+            raise InvalidRequest(f"'{name}' must be 1 to {MAX_REFRESH_TOKEN_CHARS} characters")
+        found.append(value)
+    if not found:
+        raise InvalidRequest(f"send the refresh token as '{names[0]}'")
+    return found[0]
+
+
+def _rfc3339(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _json(body: dict[str, Any], limits: LimitDecision) -> Answer:
+    headers = [("Content-Type", "application/json"), *_NO_STORE, *rate_limit_headers(limits).items()]
+    return 200, headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def token_answer(issued: IssuedToken) -> Answer:
+    minted = issued.access
+    return _json(
+        {
+            "token": minted.jwt,
+            "identity": issued.mapped.identity,
+            "role": issued.mapped.role,
+            "role_sid": issued.mapped.role_sid,
+            "expires_in": minted.expires_at - minted.issued_at,
+            "expires_at": _rfc3339(minted.expires_at),
+            "refresh_token": issued.refresh_token,
+            "refresh_expires_at": _rfc3339(issued.refresh_expires_at),
+        },
+        issued.limits,
+    )
+
+
+class BrowserSessions:
+    """What ``POST /v1/token`` needs to mint for a signed-in browser (login enabled only)."""
+
+    def __init__(self, login: BrowserLogin, sessions: SessionStore, cookie_name: str) -> None:
+        self.login = login
+        self.sessions = sessions
+        self.cookie_name = cookie_name
+
+
+class TokenApi:
+    """WSGI middleware: the token endpoints here, every other request to ``fallback`` (Flask)."""
+
+    def __init__(self, fallback: WsgiApp, issuer: TokenIssuer, cors: CorsPolicy,
+                 browser: BrowserSessions | None = None) -> None:
+        settings: Settings = issuer.settings
+        self.fallback = fallback
+        self.issuer = issuer
+        self.cors = cors
+        self.browser = browser
+        self.max_body_bytes = settings.server.max_body_bytes
+        self.trusted_proxies = settings.server.trusted_proxies > 0
+        self.access_log = settings.logging.access_log
+        self.store_retry_after = settings.store.retry_after
+        self.routes: dict[str, Callable[[Request], Answer]] = {
+            "/v1/token": self.issue_token,
+            "/v1/token/refresh": self.refresh_token,
+            "/v1/token/revoke": self.revoke_token,
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        handler = self.routes.get(environ.get("PATH_INFO", ""))
+        if handler is None:
+            return self.fallback(environ, start_response)
+        started = time.perf_counter()
+        request = Request(environ)
+        request_id = request_id_for(request.header("X-Request-ID"), self.trusted_proxies)
+        context = request_id_var.set(request_id)
+        try:
+            status, headers, body = self._answer(handler, request)
+            observe(request.path, environ["REQUEST_METHOD"], request.path, status,
+                    time.perf_counter() - started, request.client_ip, self.access_log)
+        finally:
+            request_id_var.reset(context)
+        headers += self.cors.response_headers(request.header("Origin"))
+        headers.append(("Content-Length", str(len(body))))
+        headers.append(("X-Request-ID", request_id))
+        start_response(_STATUS_LINES[status], headers)
+        return [body]
+
+    def _answer(self, handler: Callable[[Request], Answer], request: Request) -> Answer:
+        """The handler's answer, or the problem document of whatever it raised (never a trace)."""
+        try:
+            method = request.environ["REQUEST_METHOD"]
+            if method == "POST":
+                return handler(request)
+            if method == "OPTIONS":
+                return self.options(request)
+            raise MethodNotAllowed("this endpoint does not accept that method")
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a problem document
+            err = as_service_error(exc, store_retry_after=self.store_retry_after)
+            record_denial(request.path, err, request.client_ip)
+            body, headers = problem(err)
+            if isinstance(err, MethodNotAllowed):
+                headers.append(("Allow", ALLOW))
+            return err.status, headers, body
+
+    def options(self, request: Request) -> Answer:
+        """A CORS preflight from an allowed origin, or a plain OPTIONS: 204 either way."""
+        if request.header("Access-Control-Request-Method") is None:
+            return 204, [("Allow", ALLOW)], b""
+        return 204, list(self.cors.preflight(request.header("Origin"))), b""
+
+    # -- endpoints --------------------------------------------------------------------------
+    def issue_token(self, request: Request) -> Answer:
+        """Bearer proof; or, without one, a signed-in browser's session cookie plus the CSRF proof."""
+        found = self._session(request) if request.header("Authorization") is None else None
+        if found is not None:
+            assert self.browser is not None  # a session is only found when login is on
+            check_csrf(request.header, self.browser.login.allowed_origins)
+            mint = partial(self.issuer.issue_for_session, *found)
+        else:
+            mint = partial(self.issuer.issue_for_bearer, request.bearer_token())
+        platform = optional_string(request.params(self.max_body_bytes), "platform")
+        return token_answer(mint(platform=platform, client_ip=request.client_ip))
+
+    def refresh_token(self, request: Request) -> Answer:
+        body = request.params(self.max_body_bytes)
+        presented = refresh_token_param(body, "refresh_token")
+        platform = optional_string(body, "platform")
+        return token_answer(self.issuer.refresh(presented, platform=platform, client_ip=request.client_ip))
+
+    def revoke_token(self, request: Request) -> Answer:
+        """RFC 7009 2.2: 200 whether or not the token was known, once the request is well-formed."""
+        body = request.params(self.max_body_bytes)
+        presented = refresh_token_param(body, "refresh_token", "token")
+        optional_string(body, "token_type_hint")  # RFC 7009: a hint only, but it must be a string
+        limits = self.issuer.revoke(presented, client_ip=request.client_ip)
+        return _json({"revoked": True}, limits)
+
+    def _session(self, request: Request) -> Any:
+        if self.browser is None:
+            return None
+        cookies = parse_cookie(request.environ)
+        return session_for(cookies.get(self.browser.cookie_name), self.browser.sessions)
