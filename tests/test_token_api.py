@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
 import pytest
+import requests
 
 from devidp.harness import DevIdP
 from tests.support import (
@@ -113,3 +115,39 @@ def test_unknown_paths_and_methods_are_problems(service: RunningService) -> None
     wrong = service.get("/v1/token")
     assert wrong.status_code == 405 and problem(wrong)["type"] == "method_not_allowed"
     assert "POST" in wrong.headers["Allow"]
+
+
+def test_plain_options_lists_the_methods(service: RunningService) -> None:
+    resp = requests.options(f"{service.url}/v1/token/refresh", timeout=10)
+    assert resp.status_code == 204 and resp.content == b""
+    assert resp.headers["Allow"] == "POST, OPTIONS"
+    assert resp.headers["X-Request-ID"]
+
+
+def test_chunked_bodies_are_read_and_bounded(idp: DevIdP, service: RunningService) -> None:
+    """No Content-Length (Transfer-Encoding: chunked): read to the end, and refused past the limit."""
+    first = service.post_token(idp.login("alice")["id_token"]).json()
+
+    def chunks(data: bytes):  # type: ignore[no-untyped-def]
+        yield from (data[i:i + 7] for i in range(0, len(data), 7))
+
+    body = json.dumps({"refresh_token": first["refresh_token"]}).encode()
+    ok = requests.post(f"{service.url}/v1/token/refresh", data=chunks(body), timeout=10,
+                       headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text
+    assert "Content-Length" not in ok.request.headers
+    huge = requests.post(f"{service.url}/v1/token/refresh", data=chunks(b" " * 70000 + body), timeout=10,
+                         headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and problem(huge)["type"] == "invalid_request"
+
+
+def test_every_answer_of_the_token_endpoints_is_complete(service: RunningService) -> None:
+    """Problems from the WSGI handler carry what Flask's answers carry: type, length, request id."""
+    resp = requests.post(f"{service.url}/v1/token/revoke", data=b"{not json", timeout=10,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and problem(resp)["type"] == "invalid_request"
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert int(resp.headers["Content-Length"]) == len(resp.content)
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert len(resp.headers["X-Request-ID"]) == 32
+    assert resp.headers["Vary"] == "Origin"

@@ -19,9 +19,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_cookie
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from token_service.api.browser import check_csrf, session_for
 from token_service.api.cors import CorsPolicy
@@ -61,10 +60,7 @@ class Request:
 
     def params(self, max_bytes: int) -> dict[str, Any]:
         """The body as a dict: a JSON object, or an HTML form (RFC 7009 clients send forms)."""
-        try:
-            data = get_input_stream(self.environ, max_content_length=max_bytes).read()
-        except RequestEntityTooLarge:
-            raise PayloadTooLarge("the request body is too large") from None
+        data = read_body(self.environ, max_bytes)
         mimetype = self.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         if mimetype == "application/x-www-form-urlencoded":
             form: dict[str, Any] = {}
@@ -95,6 +91,31 @@ class Request:
         if not credentials:
             raise InvalidToken("the Bearer credentials are empty")
         return credentials
+
+
+def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
+    """The whole body, at most ``max_bytes``: a longer one is a 413, never silently cut short.
+
+    With ``Content-Length`` the length decides up front; a chunked body (the server says it ends
+    the stream, ``wsgi.input_terminated``) is read until it ends or passes the limit.
+    """
+    length = get_content_length(environ)
+    if length is not None:
+        if length > max_bytes:
+            raise PayloadTooLarge("the request body is too large")
+        return get_input_stream(environ).read() if length else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: a body cannot be read safely
+    stream, chunks, total = environ["wsgi.input"], [], 0
+    while total <= max_bytes:
+        chunk = stream.read(max_bytes + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
+        raise PayloadTooLarge("the request body is too large")
+    return b"".join(chunks)
 
 
 def optional_string(body: dict[str, Any], name: str) -> str | None:
