@@ -2,7 +2,9 @@
 #   make test   ruff + the whole test suite (real oidc-provider, real HTTP)
 #   make run    the service on embedded defaults + the development identity provider
 #   make bench  req/s of /v1/token and /v1/token/refresh vs a bare Flask baseline (wrk; root installs it)
-#   make lock   re-resolve requirements.lock after changing pyproject.toml
+#   make lock   re-resolve the lock files after changing pyproject.toml
+# requirements.lock pins what the service runs (the container installs only it); requirements-dev.lock
+# adds the test and lint tools, resolved with requirements.lock as a constraint, so the pins agree.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,9 +15,10 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP) devidp/node_modules/.package-lock.json tests/twilio_spec/node_modules/.package-lock.json
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -39,7 +42,9 @@ bench: install
 
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		-c requirements.lock -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) devidp/node_modules tests/twilio_spec/node_modules .pytest_cache .ruff_cache .dev

@@ -457,6 +457,29 @@ def test_gunicorn_config_loads_and_gunicorn_accepts_every_setting(monkeypatch: p
 # --------------------------------------------------------------------------------------- docker
 
 
+def _locked(path: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (version, hashes) of a hash-pinned requirements file made by ``uv pip compile``."""
+    found: dict[str, tuple[str, frozenset[str]]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", path.read_text(encoding="utf-8")):
+        match = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", block)
+        if match:
+            found[match.group(1).lower()] = (match.group(2), frozenset(re.findall(r"--hash=(\S+)", block)))
+    return found
+
+
+@pytest.mark.unit
+def test_runtime_lock_is_the_dev_lock_minus_the_tools() -> None:
+    """The image gets requirements.lock alone; tests run on the same pins plus their tools."""
+    runtime, dev = _locked(ROOT / "requirements.lock"), _locked(ROOT / "requirements-dev.lock")
+    assert runtime and all(dev.get(name) == pin for name, pin in runtime.items()), "pins must agree"
+    assert all(pin[1] for pin in [*runtime.values(), *dev.values()]), "every pin carries hashes"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for requirement in project["dependencies"]:
+        assert re.split(r"[<>=\[]", requirement)[0].lower() in runtime, requirement
+    for tool in ("pytest", "ruff", "playwright", "schemathesis"):
+        assert tool in dev and tool not in runtime, tool
+
+
 @pytest.mark.unit
 def test_dockerfile_installs_locked_runs_unprivileged_and_checks_health() -> None:
     instructions = _dockerfile_instructions()
@@ -478,6 +501,7 @@ def test_dockerfile_installs_locked_runs_unprivileged_and_checks_health() -> Non
     assert any(
         re.search(r"pip install --no-cache-dir --require-hashes -r requirements\.lock\b", c) for c in commands
     ), "dependencies must be installed from requirements.lock with --require-hashes"
+    assert not any("requirements-dev.lock" in c for c in commands), "no test tools in the image"
     assert any("pip install" in c and "--no-deps" in c for c in commands), "then the project with --no-deps"
 
     final = stages[-1]
