@@ -21,6 +21,7 @@ from tests.support import (
     config_dict,
     forge,
     id_claims,
+    problem,
     running,
     settings_for,
 )
@@ -67,6 +68,20 @@ def test_metrics_move_with_real_requests(service: RunningService, idp: DevIdP, r
     month = time.strftime("%Y-%m", time.gmtime())
     assert value(after, "token_service_active_identities", month=month) >= 1
     assert value(after, "token_service_jwks_fetches_total", issuer="test", result="ok") >= 1
+
+
+def test_caller_chosen_methods_do_not_become_label_values(service: RunningService) -> None:
+    """A metric label per made-up method would let any caller grow the metrics without bound."""
+    before = scrape(service.url)
+    for method in ("FROB", "XYZZY", "BREW"):
+        resp = requests.request(method, f"{service.url}/v1/token", timeout=10)
+        assert resp.status_code == 405 and problem(resp)["type"] == "method_not_allowed"
+    after = scrape(service.url)
+    labels = {dict(key[1]).get("method") for key in after if key[0] == "token_service_http_requests_total"}
+    assert not labels & {"FROB", "XYZZY", "BREW"}
+    other = ("token_service_http_requests_total", "/v1/token", "other", "405")
+    count = value(after, other[0], endpoint=other[1], method=other[2], status=other[3])
+    assert count - value(before, other[0], endpoint=other[1], method=other[2], status=other[3]) == 3
 
 
 def test_rate_limit_and_store_error_metrics(idp: DevIdP, rsa_key: dict) -> None:

@@ -24,7 +24,8 @@ from token_service.store.base import StoreUnavailable
 access = logging.getLogger("token_service.access")
 audit = logging.getLogger("token_service.audit")
 bp = Blueprint("observability", __name__)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def endpoint_label() -> str:
@@ -34,7 +35,7 @@ def endpoint_label() -> str:
 
 def request_id_for(incoming: str | None, trusted: bool) -> str:
     """The gateway's ``X-Request-ID`` when a trusted gateway sent a plausible one, else a new id."""
-    if trusted and incoming and _REQUEST_ID.match(incoming):
+    if trusted and incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
     return secrets.token_hex(16)  # the shape of a uuid4 hex, without building a UUID
 
@@ -42,7 +43,8 @@ def request_id_for(incoming: str | None, trusted: bool) -> str:
 def observe(endpoint: str, method: str, path: str, status: int, elapsed: float, client_ip: str | None,
             access_log: bool) -> None:
     """Count and time one answered request, and write its access line when that log is on."""
-    HTTP_REQUESTS.labels(endpoint, method, str(status)).inc()
+    # Methods are caller-chosen strings: only the standard ones become label values.
+    HTTP_REQUESTS.labels(endpoint, method if method in _METHODS else "other", str(status)).inc()
     HTTP_DURATION.labels(endpoint).observe(elapsed)
     if access_log:
         access.info(
