@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from importlib import resources
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, session
@@ -176,11 +177,23 @@ def demo() -> Response:
     return resp
 
 
-def install(app: Flask, issuer: TokenIssuer) -> None:
-    """Enable browser sign-in when ``[login] enabled``; without it these routes do not exist."""
+@dataclass(frozen=True)
+class BrowserSessions:
+    """What ``POST /v1/token`` needs to mint for a signed-in browser (``api/token_api.py``)."""
+
+    allowed_origins: Collection[str]  # where a cookie-authenticated request may come from (CSRF)
+    sessions: SessionStore
+    cookie_name: str
+
+
+def install(app: Flask, issuer: TokenIssuer) -> BrowserSessions | None:
+    """Enable browser sign-in when ``[login] enabled``; without it these routes do not exist.
+
+    Returns what the token endpoint needs for signed-in browsers, or None when login is off.
+    """
     settings = issuer.settings
     if not settings.login.enabled:
-        return
+        return None
     app.register_blueprint(bp)
     key = settings.secrets.session_key
     assert key is not None  # settings validation guarantees it when login is enabled
@@ -191,6 +204,9 @@ def install(app: Flask, issuer: TokenIssuer) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=not settings.server.dev_mode,
     )
-    app.extensions["token_service.sessions"] = SessionStore(issuer.store, settings.login.session_ttl)
-    app.extensions["token_service.login"] = BrowserLogin(app, settings, issuer.store, issuer.verifier)
+    sessions = SessionStore(issuer.store, settings.login.session_ttl)
+    login = BrowserLogin(app, settings, issuer.store, issuer.verifier)
+    app.extensions["token_service.sessions"] = sessions
+    app.extensions["token_service.login"] = login
+    return BrowserSessions(login.allowed_origins, sessions, settings.login.cookie_name)
 

@@ -14,7 +14,8 @@ from token_service.errors import AccessDenied
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Requested-With"
 EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID"
-CORS_PATHS = ("/v1/token", "/v1/token/refresh", "/v1/token/revoke", "/logout")
+# Flask's CORS paths; the token endpoints apply the policy themselves, before Flask sees them.
+FLASK_CORS_PATHS = ("/logout",)
 PREFLIGHT_HEADERS = (
     ("Access-Control-Allow-Methods", "POST"),
     ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
@@ -48,10 +49,10 @@ class CorsPolicy:
 
 
 def install(app: Flask, policy: CorsPolicy) -> None:
-    """CORS on the Flask side (``/logout``); the token endpoints apply ``policy`` themselves."""
+    """CORS on the Flask side (``FLASK_CORS_PATHS``)."""
 
     def preflight() -> Response | None:
-        if request.method != "OPTIONS" or request.path not in CORS_PATHS:
+        if request.method != "OPTIONS" or request.path not in FLASK_CORS_PATHS:
             return None
         if "Access-Control-Request-Method" not in request.headers:
             return None
@@ -61,7 +62,7 @@ def install(app: Flask, policy: CorsPolicy) -> None:
         return resp
 
     def add_headers(resp: Response) -> Response:
-        if request.path in CORS_PATHS:
+        if request.path in FLASK_CORS_PATHS:
             for name, value in policy.response_headers(request.headers.get("Origin")):
                 if name == "Vary":
                     resp.vary.add(value)

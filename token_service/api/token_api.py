@@ -22,12 +22,11 @@ from urllib.parse import parse_qsl
 from werkzeug.http import parse_cookie
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from token_service.api.browser import check_csrf, session_for
+from token_service.api.browser import BrowserSessions, check_csrf, session_for
 from token_service.api.cors import CorsPolicy
 from token_service.api.errors import as_service_error, problem
 from token_service.api.observability import observe, record_denial, request_id_for
-from token_service.authn.browser import BrowserLogin
-from token_service.authn.sessions import SessionStore
+from token_service.authn.sessions import BrowserSession
 from token_service.errors import InvalidRequest, InvalidToken, MethodNotAllowed, MissingToken, PayloadTooLarge
 from token_service.issuance import IssuedToken, TokenIssuer
 from token_service.logs import request_id_var
@@ -169,15 +168,6 @@ def token_answer(issued: IssuedToken) -> Answer:
     )
 
 
-class BrowserSessions:
-    """What ``POST /v1/token`` needs to mint for a signed-in browser (login enabled only)."""
-
-    def __init__(self, login: BrowserLogin, sessions: SessionStore, cookie_name: str) -> None:
-        self.login = login
-        self.sessions = sessions
-        self.cookie_name = cookie_name
-
-
 class TokenApi:
     """WSGI middleware: the token endpoints here, every other request to ``fallback`` (Flask)."""
 
@@ -247,7 +237,7 @@ class TokenApi:
         found = self._session(request) if request.header("Authorization") is None else None
         if found is not None:
             assert self.browser is not None  # a session is only found when login is on
-            check_csrf(request.header, self.browser.login.allowed_origins)
+            check_csrf(request.header, self.browser.allowed_origins)
             mint = partial(self.issuer.issue_for_session, *found)
         else:
             mint = partial(self.issuer.issue_for_bearer, request.bearer_token())
@@ -268,7 +258,7 @@ class TokenApi:
         limits = self.issuer.revoke(presented, client_ip=request.client_ip)
         return _json({"revoked": True}, limits)
 
-    def _session(self, request: Request) -> Any:
+    def _session(self, request: Request) -> tuple[str, BrowserSession] | None:
         if self.browser is None:
             return None
         cookies = parse_cookie(request.environ)
