@@ -22,11 +22,17 @@ b. ``POST /v1/token`` of ``token-service serve`` (Redis store; rate limits on, a
 c. ``POST /v1/token/refresh`` on the same server: refresh tokens are issued through ``/v1/token``
    first and each wrk thread chains them, presenting every token exactly once (``bench/refresh.lua``).
 
-It prints the machine, the settings and a Markdown table, then the pass/fail lines of the targets,
-then the CPU the gunicorn workers and redis-server spent per request (from /proc), which says where a
-missed target loses its time. gthread workers race to accept wrk's keep-alive connections, and now and
-then one worker gets all of them while the other idles; such a run measures the race, not the app, so
-it is measured again (at most 3 times) and the report says so.
+Both servers stay up for the whole run, and the four measurements are taken in rounds (3 by
+default): hello, /healthz, token, refresh, then again. A shared 2-core machine drifts by tens of
+percent from one minute to the next, so a ratio is only taken between runs of the same round, and
+the report gives the median round's ratio next to every round's.
+
+It prints the machine, the settings and a Markdown table (medians over the rounds), then the pass/fail
+lines of the targets, then the CPU the gunicorn workers and redis-server spent per request (from
+/proc, over all rounds), which says where a missed target loses its time. gthread workers race to
+accept wrk's keep-alive connections, and now and then one worker gets all of them while the other
+idles; such a run measures the race, not the app, so it is measured again (at most 3 times) and the
+report says so.
 
 A missed target still exits 0 (this is a benchmark, not a test); a non-2xx response, a socket error,
 a broken refresh chain or a server that does not start exits 1. Everything it started (gunicorn,
@@ -36,6 +42,7 @@ Environment (defaults in brackets):
     TOKEN_SERVICE_WORKERS [2], TOKEN_SERVICE_THREADS [4]  gunicorn workers and threads, for every server
     WRK_THREADS [2], WRK_CONNECTIONS [32]                 wrk -t and -c
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_TIMEOUT [2s] measured run, warm-up per target (0: none), -timeout
+    BENCH_ROUNDS [3]                                      rounds of the four measurements (warm-up in the first)
     BENCH_POOL [2000]                                     distinct users (ID tokens) in the token pool
 """
 
@@ -47,6 +54,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,6 +168,7 @@ class Settings:
     warmup: int
     timeout: int
     pool: int
+    rounds: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -172,6 +181,7 @@ class Settings:
             warmup=_seconds(env.get("WRK_WARMUP", "3s"), "WRK_WARMUP"),
             timeout=_seconds(env.get("WRK_TIMEOUT", "2s"), "WRK_TIMEOUT"),
             pool=_positive(env, "BENCH_POOL", 2000),
+            rounds=_positive(env, "BENCH_ROUNDS", 3),
         )
         if settings.duration < 1 or settings.timeout < 1:
             raise BenchError("WRK_DURATION and WRK_TIMEOUT must be at least 1s")
@@ -570,9 +580,6 @@ class Target:
     skewed: bool
     discarded: tuple[str, ...] = ()  # "req/s (split)" of the runs measured again
 
-    def per_request_ms(self, seconds: float) -> float:
-        return 1000 * seconds / self.result.requests if self.result.requests else 0.0
-
     @property
     def split(self) -> str:
         total = sum(self.worker_cpu)
@@ -608,20 +615,23 @@ class Bench:
         script: Path | None = None,
         script_args: ScriptArgs | None = None,
         redis_pid: int | None = None,
+        round_no: int = 1,
     ) -> Target:
-        """Warm up (JWKS fetch, connection pools, caches), then measure; again if a worker sat idle."""
+        """Warm up in the first round (JWKS fetch, connection pools, caches), then measure; again if
+        a worker sat idle."""
         settings, url = self.settings, server.url + path
 
         def args(phase: str) -> list[str]:
             return script_args(phase) if script_args is not None else []
 
-        if settings.warmup:
+        if settings.warmup and round_no == 1:
             log(f"{name}: warm-up {settings.warmup}s")
             self.check(name, "warm-up", run_wrk(self.wrk, settings, url, settings.warmup, script, args("warm-up")))
         discarded: list[str] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            log(f"{name}: measuring {settings.duration}s" + (f" (attempt {attempt})" if attempt > 1 else ""))
-            run_args = args(f"run-{attempt}")
+            log(f"{name}: round {round_no}/{settings.rounds}, measuring {settings.duration}s"
+                + (f" (attempt {attempt})" if attempt > 1 else ""))
+            run_args = args(f"round{round_no}-run{attempt}")
             workers_before = server.worker_cpu()
             redis_before = _cpu_seconds(redis_pid) if redis_pid else None
             result = run_wrk(self.wrk, settings, url, settings.duration, script, run_args)
@@ -640,63 +650,92 @@ class Bench:
         return target
 
 
-def report(targets: Sequence[Target], elapsed: float, problems: Sequence[str]) -> str:
-    """The Markdown table, the target lines, then what explains the numbers."""
-    baseline = targets[0].result.requests_per_sec
-    service_floor = targets[1].result.requests_per_sec
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else 0.0
+
+
+def report(rounds: Sequence[Sequence[Target]], elapsed: float, problems: Sequence[str]) -> str:
+    """The Markdown table (medians over the rounds), the target lines, then what explains the numbers.
+
+    Ratios are taken within a round (each target against that round's baselines), then the median of
+    the rounds is reported: the machine's drift between rounds then cancels out.
+    """
+    names = [t.name for t in rounds[0]]
+    by_target = [[r[i] for r in rounds] for i in range(len(names))]  # target -> its run in each round
+    ratios = [[_ratio(r[i].result.requests_per_sec, r[0].result.requests_per_sec) for r in rounds]
+              for i in range(len(names))]
+    floor_ratios = [[_ratio(r[i].result.requests_per_sec, r[1].result.requests_per_sec) for r in rounds]
+                    for i in range(len(names))]
     lines = [
         "| target | req/s | p50 | p99 | ratio to bare hello | ratio to service /healthz | non-2xx |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    ratios, floor_ratios = [], []
-    for target in targets:
-        res = target.result
-        ratio = res.requests_per_sec / baseline if baseline else 0.0
-        floor_ratio = res.requests_per_sec / service_floor if service_floor else 0.0
-        ratios.append(ratio)
-        floor_ratios.append(floor_ratio)
+    for i, name in enumerate(names):
+        runs = [t.result for t in by_target[i]]
         lines.append(
-            f"| {target.name} | {res.requests_per_sec:,.0f} | {res.p50_ms:.2f} ms | {res.p99_ms:.2f} ms "
-            f"| {ratio:.2f} | {floor_ratio:.2f} | {res.non_2xx} |"
+            f"| {name} | {_median([r.requests_per_sec for r in runs]):,.0f} "
+            f"| {_median([r.p50_ms for r in runs]):.2f} ms | {_median([r.p99_ms for r in runs]):.2f} ms "
+            f"| {_median(ratios[i]):.2f} | {_median(floor_ratios[i]):.2f} | {sum(r.non_2xx for r in runs)} |"
         )
     verdict = {True: "PASS", False: "FAIL"}
     lines.append("")
     for label, values in (("bare Flask hello", ratios), ("the service's own /healthz", floor_ratios)):
-        token_ratio, refresh_ratio = values[2], values[3]
+        token_ratio, refresh_ratio = _median(values[2]), _median(values[3])
         lines += [
             f"token issue >= {TOKEN_TARGET:.2f} x {label}: {verdict[token_ratio >= TOKEN_TARGET]} ({token_ratio:.2f})",
             f"refresh >= {REFRESH_TARGET:.2f} x {label}: {verdict[refresh_ratio >= REFRESH_TARGET]} "
             f"({refresh_ratio:.2f})",
         ]
+
+    def per_request_ms(targets: Sequence[Target], seconds: Callable[[Target], float | None]) -> str:
+        used = [seconds(t) for t in targets]
+        if any(u is None for u in used):
+            return "n/a"
+        requests = sum(t.result.requests for t in targets)
+        return f"{1000 * sum(u for u in used if u is not None) / requests:.3f} ms" if requests else "n/a"
+
     lines += [
         "",
-        "- requests measured: " + ", ".join(f"{t.name} {t.result.requests}" for t in targets),
+        f"- rounds: {len(rounds)}; req/s, p50 and p99 above are medians, ratios the median of the per-round ratios",
+        "- ratios to bare hello per round (token / refresh): "
+        + ", ".join(f"{ratios[2][r]:.2f} / {ratios[3][r]:.2f}" for r in range(len(rounds))),
+        "- requests measured: " + ", ".join(f"{name} {sum(t.result.requests for t in by_target[i])}"
+                                            for i, name in enumerate(names)),
         "- gunicorn workers' CPU per request: "
-        + ", ".join(f"{t.name} {t.per_request_ms(sum(t.worker_cpu)):.3f} ms" for t in targets),
+        + ", ".join(f"{name} {per_request_ms(by_target[i], lambda t: sum(t.worker_cpu))}"
+                    for i, name in enumerate(names)),
         "- redis-server CPU per request: "
-        + ", ".join(f"{t.name} {t.per_request_ms(t.redis_cpu):.3f} ms" for t in targets if t.redis_cpu is not None),
-        "- CPU split between workers (%): " + ", ".join(f"{t.name} {t.split}" for t in targets),
+        + ", ".join(f"{name} {per_request_ms(by_target[i], lambda t: t.redis_cpu)}"
+                    for i, name in enumerate(names) if by_target[i][0].redis_cpu is not None),
+        "- CPU split between workers (%), per round: "
+        + ", ".join(f"{name} {' '.join(t.split for t in by_target[i])}" for i, name in enumerate(names)),
     ]
-    refresh = targets[3].result.script_counts
+    chain = [t.result.script_counts for t in by_target[3]]
     lines.append(
-        f"- refresh chain: {refresh.get('loaded', 0)} tokens loaded, {refresh.get('failures', 0)} failed "
-        f"responses, {refresh.get('starved', 0)} starved requests"
+        f"- refresh chain: {sum(c.get('loaded', 0) for c in chain)} tokens loaded, "
+        f"{sum(c.get('failures', 0) for c in chain)} failed responses, "
+        f"{sum(c.get('starved', 0) for c in chain)} starved requests"
     )
-    for target in targets:
-        if target.attempts > 1:
-            state = "still uneven, last run kept" if target.skewed else "even on the last"
-            lines.append(
-                f"- {target.name}: measured {target.attempts} times because a worker sat idle ({state}; "
-                f"discarded: {'; '.join(target.discarded)}): gunicorn's accept race gave wrk's connections "
-                "unevenly"
-            )
+    for r, targets in enumerate(rounds, start=1):
+        for target in targets:
+            if target.attempts > 1:
+                state = "still uneven, last run kept" if target.skewed else "even on the last"
+                lines.append(
+                    f"- round {r}, {target.name}: measured {target.attempts} times because a worker sat idle "
+                    f"({state}; discarded: {'; '.join(target.discarded)}): gunicorn's accept race gave wrk's "
+                    "connections unevenly"
+                )
     lines.append(f"- total time {elapsed:.0f}s")
     lines += [f"- BROKEN: {problem}" for problem in problems]
     return "\n".join(lines)
 
 
-def bench(settings: Settings, workdir: Path) -> tuple[list[Target], list[str]]:
-    """Start Redis and the IdP, then measure the three targets one server at a time."""
+def bench(settings: Settings, workdir: Path) -> tuple[list[list[Target]], list[str]]:
+    """Start Redis, the IdP and both servers, then measure the four targets once per round."""
     runner = Bench(ensure_wrk(), settings)
     ensure_redis_server()
     with contextlib.ExitStack() as stack:
@@ -711,43 +750,35 @@ def bench(settings: Settings, workdir: Path) -> tuple[list[Target], list[str]]:
         pool = write_lines(workdir / "id-tokens.txt", id_tokens)
         nthreads = str(settings.wrk_threads)
 
-        with hello_server(settings, workdir) as hello:
-            baseline = runner.measure("baseline GET / (bench.hello)", hello, "/")
+        # Both stay up for every round; an idle server costs no CPU.
+        hello = stack.enter_context(hello_server(settings, workdir))
+        service = stack.enter_context(token_server(settings, workdir, config))
+        issued = 0
 
-        with token_server(settings, workdir, config) as service:
-            # The same hello, inside the service: its middleware (request ids, metrics) included.
-            healthz = runner.measure("baseline GET /healthz (token-service)", service, "/healthz")
-            token = runner.measure(
-                "POST /v1/token",
-                service,
-                "/v1/token",
-                BENCH / "token.lua",
-                lambda _phase: [str(pool), nthreads],
-                redis_server.pid,
-            )
-            issued = 0
+        def refresh_args(phase: str) -> list[str]:
+            # Every wrk run needs its own live tokens: those in flight when a run stops are spent,
+            # and their successors are lost. Each comes from a fresh /v1/token call (a new family).
+            nonlocal issued
+            sources = [id_tokens[(issued + i) % len(id_tokens)] for i in range(settings.refresh_tokens)]
+            issued += settings.refresh_tokens
+            log(f"issuing {len(sources)} refresh tokens through /v1/token for the refresh {phase}")
+            tokens = issue_refresh_tokens(service.url, sources)
+            return [str(write_lines(workdir / f"refresh-{phase}.txt", tokens)), nthreads]
 
-            def refresh_args(phase: str) -> list[str]:
-                # Every wrk run needs its own live tokens: those in flight when a run stops are spent,
-                # and their successors are lost. Each comes from a fresh /v1/token call (a new family).
-                nonlocal issued
-                sources = [id_tokens[(issued + i) % len(id_tokens)] for i in range(settings.refresh_tokens)]
-                issued += settings.refresh_tokens
-                log(f"issuing {len(sources)} refresh tokens through /v1/token for the refresh {phase}")
-                tokens = issue_refresh_tokens(service.url, sources)
-                return [str(write_lines(workdir / f"refresh-{phase}.txt", tokens)), nthreads]
-
-            refresh = runner.measure(
-                "POST /v1/token/refresh",
-                service,
-                "/v1/token/refresh",
-                BENCH / "refresh.lua",
-                refresh_args,
-                redis_server.pid,
-            )
-            if runner.problems:
-                log(f"token-service log tail:\n{service.log_tail()}")
-    return [baseline, healthz, token, refresh], runner.problems
+        rounds: list[list[Target]] = []
+        for round_no in range(1, settings.rounds + 1):
+            rounds.append([
+                runner.measure("baseline GET / (bench.hello)", hello, "/", round_no=round_no),
+                # The same hello, inside the service: its middleware (request ids, metrics) included.
+                runner.measure("baseline GET /healthz (token-service)", service, "/healthz", round_no=round_no),
+                runner.measure("POST /v1/token", service, "/v1/token", BENCH / "token.lua",
+                               lambda _phase: [str(pool), nthreads], redis_server.pid, round_no=round_no),
+                runner.measure("POST /v1/token/refresh", service, "/v1/token/refresh", BENCH / "refresh.lua",
+                               refresh_args, redis_server.pid, round_no=round_no),
+            ])
+        if runner.problems:
+            log(f"token-service log tail:\n{service.log_tail()}")
+    return rounds, runner.problems
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -766,21 +797,22 @@ def main() -> int:
             "",
             *machine_lines(),
             f"- gunicorn: workers {settings.workers}, threads {settings.threads} (gthread), same for every target",
-            f"- wrk {' '.join(settings.wrk_args(settings.duration))}, warm-up {settings.warmup}s per target",
+            f"- wrk {' '.join(settings.wrk_args(settings.duration))}, warm-up {settings.warmup}s per target, "
+            f"{settings.rounds} rounds",
             f"- token pool {settings.pool} distinct users (RS256); {settings.refresh_tokens} refresh families "
             "per refresh run; rate limits on, 1000000 per 60 s per key",
             "",
         ]
         print("\n".join(header), flush=True)
         with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
-            targets, problems = bench(settings, Path(tmp))
+            rounds, problems = bench(settings, Path(tmp))
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
     except (BenchError, DevIdPError, RedisServerError) as exc:
         log(f"FAILED: {exc}")
         return 1
-    print(report(targets, time.monotonic() - started, problems), flush=True)
+    print(report(rounds, time.monotonic() - started, problems), flush=True)
     return 1 if problems else 0
 
 

@@ -33,8 +33,9 @@ def parts(token: str, secret: str) -> tuple[dict, dict]:
 @pytest.mark.parametrize("region", [None, "ie1"])
 @pytest.mark.parametrize(
     "access",
-    [ACCESS, ChatAccess(identity="bob", service_sid="IS" + "c" * 32)],
-    ids=["role-and-push", "service-only"],
+    [ACCESS, ChatAccess(identity="bob", service_sid="IS" + "c" * 32),
+     ChatAccess(identity="zoë.łukasz@例え.jp", service_sid="IS" + "c" * 32, role_sid="RL" + "1" * 32)],
+    ids=["role-and-push", "service-only", "non-ascii-identity"],
 )
 def test_same_structure_as_the_twilio_library(region: str | None, access: ChatAccess) -> None:
     key = TwilioKey(**{**KEY.__dict__, "region": region})

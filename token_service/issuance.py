@@ -15,7 +15,7 @@ from token_service.authn.sessions import BrowserSession, SessionStore, logout_in
 from token_service.conversations import SyncSettings, UserSync
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
-from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, current_month
+from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, child, current_month
 from token_service.ratelimit import RateLimiter, rate_limit_headers
 from token_service.settings import Settings
 from token_service.store.base import Bucket, Family, FamilyLifetimes, LimitDecision, Store, StoreUnavailable
@@ -210,7 +210,7 @@ class TokenIssuer:
             self.store.revoke_families([(tag, family.family_id)])
             raise
         minted = self.mint(mapped, platform)
-        TOKENS_ISSUED.labels(family.issuer, mapped.role).inc()
+        child(TOKENS_ISSUED, family.issuer, mapped.role).inc()
         audit.info(
             "token issued",
             extra={
@@ -238,7 +238,7 @@ class TokenIssuer:
         rotation = self.store.rotate(
             buckets, old.tag, old.family_id, old.digest, new.digest, self.lifetimes, current_month()
         )
-        REFRESHES.labels(rotation.outcome).inc()
+        child(REFRESHES, rotation.outcome).inc()
         _refuse_if_limited("refresh", rotation.limits)
         family = rotation.family
         if rotation.outcome == "reused" and family is not None:

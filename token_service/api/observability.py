@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 
 from token_service.errors import ServiceError
 from token_service.logs import request_id_var
-from token_service.metrics import DENIALS, HTTP_DURATION, HTTP_REQUESTS, ActiveIdentities, render
+from token_service.metrics import DENIALS, HTTP_DURATION, HTTP_REQUESTS, ActiveIdentities, child, render
 from token_service.store.base import StoreUnavailable
 
 access = logging.getLogger("token_service.access")
@@ -44,8 +44,8 @@ def observe(endpoint: str, method: str, path: str, status: int, elapsed: float, 
             access_log: bool) -> None:
     """Count and time one answered request, and write its access line when that log is on."""
     # Methods are caller-chosen strings: only the standard ones become label values.
-    HTTP_REQUESTS.labels(endpoint, method if method in _METHODS else "other", str(status)).inc()
-    HTTP_DURATION.labels(endpoint).observe(elapsed)
+    child(HTTP_REQUESTS, endpoint, method if method in _METHODS else "other", str(status)).inc()
+    child(HTTP_DURATION, endpoint).observe(elapsed)
     if access_log:
         access.info(
             "request",

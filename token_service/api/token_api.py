@@ -19,8 +19,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from werkzeug.http import parse_cookie
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_content_length
 
 from token_service.api.browser import BrowserSessions, check_csrf, session_for
 from token_service.api.cors import CorsPolicy
@@ -102,7 +103,8 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     if length is not None:
         if length > max_bytes:
             raise PayloadTooLarge("the request body is too large")
-        return get_input_stream(environ).read() if length else b""
+        # The server bounds wsgi.input by Content-Length (PEP 3333): read exactly that much.
+        return environ["wsgi.input"].read(length) if length else b""
     if not environ.get("wsgi.input_terminated"):
         return b""  # no length and no end marker: a body cannot be read safely
     stream, chunks, total = environ["wsgi.input"], [], 0
@@ -148,7 +150,7 @@ def _rfc3339(epoch: int) -> str:
 
 def _json(body: dict[str, Any], limits: LimitDecision) -> Answer:
     headers = [("Content-Type", "application/json"), *_NO_STORE, *rate_limit_headers(limits).items()]
-    return 200, headers, json.dumps(body, separators=(",", ":")).encode()
+    return 200, headers, orjson.dumps(body)
 
 
 def token_answer(issued: IssuedToken) -> Answer:

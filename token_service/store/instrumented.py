@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from token_service.metrics import STORE_DURATION, STORE_ERRORS
+from token_service.metrics import STORE_DURATION, STORE_ERRORS, child
 from token_service.store.base import (
     Bucket,
     Family,
@@ -37,7 +37,7 @@ class InstrumentedStore(Store):
             STORE_ERRORS.labels(operation).inc()
             raise
         finally:
-            STORE_DURATION.labels(operation).observe(time.perf_counter() - started)
+            child(STORE_DURATION, operation).observe(time.perf_counter() - started)
 
     def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
               lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:

@@ -11,7 +11,6 @@ before (two round trips there; one on standalone and Sentinel). Redis errors bec
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -21,6 +20,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import hiredis
+import orjson
 import redis
 from redis.commands.core import Script
 
@@ -58,13 +58,13 @@ def _decision(outcome: str, retry: Any, flat: Sequence[Any], buckets: Sequence[B
 
 
 def _family(tag: str, family_id: str, meta: str) -> Family:
-    fields = json.loads(meta)
+    fields = orjson.loads(meta)  # written by _meta, never by a caller
     return Family(family_id=family_id, tag=tag, **{k: fields.get(k, "") for k in _FAMILY_FIELDS})
 
 
 def _meta(family: Family) -> str:
     """The family's description as one JSON field: one argument in, one string out."""
-    return json.dumps({k: getattr(family, k) for k in _FAMILY_FIELDS}, separators=(",", ":"))
+    return orjson.dumps({k: getattr(family, k) for k in _FAMILY_FIELDS}).decode()
 
 
 class PinnedScripts:

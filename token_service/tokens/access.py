@@ -5,10 +5,10 @@ for ``AccessToken`` + ``ChatGrant``, with two deliberate differences: ``jti`` ca
 suffix so that it is unique per token (the libraries use the unix time, which repeats), and ``nbf``
 is off by default because clock skew between hosts would make fresh tokens "not yet valid".
 
-The JWS is assembled here (RFC 7515 compact form, HMAC-SHA256 from the standard library) rather
-than through PyJWT: it is on every request's hot path, its header never changes, and HS256 with a
-fixed header is a few lines. The tests hold it to the ``twilio`` library's output and decode it
-with PyJWT.
+The JWS is assembled here (RFC 7515 compact form, HMAC-SHA256 from the standard library, the
+claims serialized by orjson) rather than through PyJWT: it is on every request's hot path, its
+header never changes, and HS256 with a fixed header is a few lines. The tests hold it to the
+``twilio`` library's output and decode it with PyJWT.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+
+import orjson
 
 CONTENT_TYPE = "twilio-fpa;v=1"
 
@@ -102,7 +104,7 @@ def mint_access_token(
     }
     if include_nbf:
         claims["nbf"] = issued_at
-    payload = json.dumps(claims, separators=(",", ":")).encode()
+    payload = orjson.dumps(claims)  # compact UTF-8 JSON: non-ASCII as is, not \u-escaped; same claims
     signing_input = f"{_header_segment(key.region)}.{_b64url(payload)}"
     mac = _keyed_hmac(key.api_key_secret).copy()
     mac.update(signing_input.encode("ascii"))

@@ -14,13 +14,13 @@ local family_id, digest = ARGV[o], ARGV[o + 1]
 local idle, absolute = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000
 local abs_exp = now + absolute
 local expires = math.min(abs_exp, now + idle)
-redis.call('HSET', fam, 'abs_exp', fmt(abs_exp), 'revoked', '0', 'identity', ARGV[o + 5], 'meta', ARGV[o + 6])
+redis.call('HSET', fam, 'abs_exp', abs_exp, 'revoked', '0', 'identity', ARGV[o + 5], 'meta', ARGV[o + 6])
 redis.call('SADD', live, digest)
-redis.call('PEXPIREAT', fam, fmt(expires))
-redis.call('PEXPIREAT', live, fmt(expires))
+redis.call('PEXPIREAT', fam, expires)
+redis.call('PEXPIREAT', live, expires)
 redis.call('SADD', idx, family_id)
 if redis.call('PTTL', idx) < absolute then
-  redis.call('PEXPIRE', idx, fmt(absolute))
+  redis.call('PEXPIRE', idx, absolute)
 end
 local has_hll = tonumber(ARGV[o + 7])
 if has_hll == 1 then
@@ -29,7 +29,7 @@ end
 for i = n + 4 + has_hll, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[o + 8])
   if redis.call('PTTL', KEYS[i]) < absolute then
-    redis.call('PEXPIRE', KEYS[i], fmt(absolute))
+    redis.call('PEXPIRE', KEYS[i], absolute)
   end
 end
 return {'ok', 0, states, {}, math.floor(expires / 1000)}

@@ -23,7 +23,7 @@ if fields[2] == '1' then
 end
 local outcome = 'rotated'
 if redis.call('SREM', live, presented) == 1 then
-  redis.call('ZADD', used, fmt(now), presented)
+  redis.call('ZADD', used, now, presented)
   local extra = redis.call('ZCARD', used) - max_used
   if extra > 0 then
     redis.call('ZREMRANGEBYRANK', used, 0, extra - 1)
@@ -42,8 +42,8 @@ else
 end
 redis.call('SADD', live, new_digest)
 local expires = math.min(tonumber(fields[3]), now + idle)
-redis.call('PEXPIREAT', fam, fmt(expires))
-redis.call('PEXPIREAT', live, fmt(expires))
-redis.call('PEXPIREAT', used, fmt(expires))
+redis.call('PEXPIREAT', fam, expires)
+redis.call('PEXPIREAT', live, expires)
+redis.call('PEXPIREAT', used, expires)
 count_active(KEYS[n + 4], ARGV[o + 5])
 return {outcome, 0, states, info, math.floor(expires / 1000)}

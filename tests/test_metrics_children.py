@@ -1,0 +1,31 @@
+"""``metrics.child``: the labelled children the hot path keeps, counting into the same samples."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from token_service.metrics import REFRESHES, STORE_DURATION, child
+
+pytestmark = pytest.mark.unit
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_child_is_the_labelled_metric_and_counts_into_its_samples() -> None:
+    assert child(REFRESHES, "rotated") is REFRESHES.labels("rotated")
+    assert child(REFRESHES, "rotated") is not child(REFRESHES, "grace")
+    before = sample("token_service_refreshes_total", outcome="rotated")
+    child(REFRESHES, "rotated").inc()
+    child(REFRESHES, "rotated").inc()
+    assert sample("token_service_refreshes_total", outcome="rotated") == before + 2
+
+
+def test_histogram_children_observe_into_their_buckets() -> None:
+    count = "token_service_store_duration_seconds_count"
+    before = sample(count, operation="rotate")
+    child(STORE_DURATION, "rotate").observe(0.0004)
+    assert sample(count, operation="rotate") == before + 1
+    assert sample("token_service_store_duration_seconds_bucket", operation="rotate", le="0.0005") >= 1
