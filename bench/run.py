@@ -73,7 +73,11 @@ VENV = ROOT / ".venv"
 
 
 def _use_project_venv() -> None:
-    """Re-run under the project's venv when started by a python without its packages."""
+    """Re-run under the project's venv when started by a python without its packages.
+
+    What is re-run is the script that was started (``sys.argv[0]``: this file, or ``bench/ab.py``
+    importing it; ``python -m`` sets it to the module's file too).
+    """
     try:
         import gunicorn  # type: ignore[import-untyped]  # noqa: F401
         import jwt  # noqa: F401
@@ -81,7 +85,7 @@ def _use_project_venv() -> None:
     except ImportError:
         python = VENV / "bin" / "python"
         if python.exists() and Path(sys.prefix).resolve() != VENV.resolve():
-            os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+            os.execv(python, [str(python), str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
         raise SystemExit("the project's packages are missing: run `make install` first") from None
 
 
@@ -360,6 +364,7 @@ class Gunicorn:
     ready_path: str
     log_path: Path
     workers: int
+    cwd: Path = ROOT  # `-m token_service.cli` imports the token_service package found here
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -388,7 +393,7 @@ class Gunicorn:
         with open(self.log_path, "wb") as output:
             self._proc = subprocess.Popen(
                 self.argv,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -464,7 +469,9 @@ def hello_server(settings: Settings, workdir: Path) -> Gunicorn:
     return Gunicorn("baseline gunicorn (bench.hello)", argv, env, port, "/", workdir / "hello.log", settings.workers)
 
 
-def token_server(settings: Settings, workdir: Path, config: Path) -> Gunicorn:
+def token_server(settings: Settings, workdir: Path, config: Path, checkout: Path = ROOT, tag: str = "") -> Gunicorn:
+    """``token-service serve`` of ``checkout`` (this repository unless told), with this repository's
+    gunicorn config; ``tag`` tells apart the logs and metrics of several servers in one workdir."""
     port = free_port()
     argv = [
         sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
@@ -473,10 +480,11 @@ def token_server(settings: Settings, workdir: Path, config: Path) -> Gunicorn:
     env = server_env(settings)
     # The service keeps multiprocess metrics in this directory (it makes one under /tmp otherwise): in
     # the bench's own temp dir, it goes when the bench ends. Metrics stay on, as in production.
-    metrics = workdir / "metrics"
+    name = f"token-service{tag}"
+    metrics = workdir / f"metrics{tag}"
     metrics.mkdir(exist_ok=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
-    return Gunicorn("token-service", argv, env, port, "/healthz", workdir / "token-service.log", settings.workers)
+    return Gunicorn(name, argv, env, port, "/healthz", workdir / f"{name}.log", settings.workers, cwd=checkout)
 
 
 def write_config(path: Path, issuer: str, redis_url: str) -> None:
