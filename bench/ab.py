@@ -14,14 +14,17 @@ Usage (from this checkout's root, after ``make install``)::
     .venv/bin/python -m bench.ab /tmp/base
 
 The other checkout only lends its ``token_service`` package (and so its Lua scripts); its
-dependencies must be installable in this checkout's venv. Environment: ``AB_ROUNDS`` [4],
-``AB_DURATION`` [6] seconds per run, plus ``bench/run.py``'s ``TOKEN_SERVICE_WORKERS``,
-``TOKEN_SERVICE_THREADS``, ``WRK_THREADS``, ``WRK_CONNECTIONS`` and ``BENCH_POOL``.
+dependencies must be installable in this checkout's venv. Each run is measured as ``make bench``
+measures it (``bench/run.py``'s ``Bench.measure``: a warm-up in the first round, a run where a worker
+sat idle measured again). Environment: ``AB_ROUNDS`` [4], ``AB_DURATION`` [6] seconds per run, plus
+``bench/run.py``'s ``WRK_WARMUP``, ``TOKEN_SERVICE_WORKERS``, ``TOKEN_SERVICE_THREADS``,
+``WRK_THREADS``, ``WRK_CONNECTIONS`` and ``BENCH_POOL``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import sys
@@ -45,12 +48,15 @@ def _positive(name: str, default: int) -> int:
     return run._positive(os.environ, name, default)
 
 
-def compare(other: Path, settings: run.Settings, rounds: int, duration: int, workdir: Path) -> list[str]:
-    """Run both versions side by side; return the report lines."""
-    wrk = run.ensure_wrk()
+def _per_request_ms(seconds: float | None, target: run.Target) -> float:
+    return 1000 * (seconds or 0.0) / max(1, target.result.requests)
+
+
+def compare(other: Path, settings: run.Settings, workdir: Path) -> list[str]:
+    """Run both versions side by side, ``settings.rounds`` times; return the report lines."""
+    runner = run.Bench(run.ensure_wrk(), settings)
     ensure_redis_server()
-    samples: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    problems = run.Bench(wrk, settings)
+    samples: dict[tuple[str, str], list[run.Target]] = {}
     with contextlib.ExitStack() as stack:
         redis_server = stack.enter_context(RedisServer())
         idp = stack.enter_context(DevIdP(keys=generate_keys()))
@@ -58,38 +64,21 @@ def compare(other: Path, settings: run.Settings, rounds: int, duration: int, wor
         run.write_config(config, idp.issuer, f"redis://{run.HOST}:{redis_server.port}/0")
         id_tokens = run.mint_id_tokens(idp, settings.pool)
         pool = run.write_lines(workdir / "id-tokens.txt", id_tokens)
-        nthreads = str(settings.wrk_threads)
         servers = {
             "this": stack.enter_context(run.token_server(settings, workdir, config, run.ROOT, "-this")),
             "other": stack.enter_context(run.token_server(settings, workdir, config, other, "-other")),
         }
-        for server in servers.values():  # warm-up: JWKS, connections, caches
-            run.run_wrk(wrk, settings, server.url + "/v1/token", 2, ENDPOINTS["token"][1], [str(pool), nthreads])
-        issued = 0
-        for round_no in range(rounds):
-            order = ("this", "other") if round_no % 2 == 0 else ("other", "this")
+        script_args: dict[tuple[str, str], run.ScriptArgs] = {}
+        for version, server in servers.items():
+            script_args["token", version] = lambda _phase: [str(pool), str(settings.wrk_threads)]
+            script_args["refresh", version] = run.RefreshTokenSupply(server, id_tokens, settings, workdir)
+        for round_no in range(1, settings.rounds + 1):
+            order = ("this", "other") if round_no % 2 else ("other", "this")
             for endpoint, (path, script) in ENDPOINTS.items():
                 for version in order:
-                    server = servers[version]
-                    if endpoint == "token":
-                        args = [str(pool), nthreads]
-                    else:  # each run needs live refresh tokens of its own (see bench/refresh.lua)
-                        sources = [id_tokens[(issued + i) % len(id_tokens)] for i in range(settings.refresh_tokens)]
-                        issued += settings.refresh_tokens
-                        tokens = run.issue_refresh_tokens(server.url, sources)
-                        args = [str(run.write_lines(workdir / f"refresh-{version}-{round_no}.txt", tokens)), nthreads]
-                    cpu_before, redis_before = server.worker_cpu(), run._cpu_seconds(redis_server.pid)
-                    result = run.run_wrk(wrk, settings, server.url + path, duration, script, args)
-                    cpu_after, redis_after = server.worker_cpu(), run._cpu_seconds(redis_server.pid)
-                    problems.check(f"{endpoint} ({version})", f"round {round_no + 1}", result)
-                    worker = sum(cpu_after[pid] - cpu_before[pid] for pid in cpu_after if pid in cpu_before)
-                    redis = (redis_after or 0.0) - (redis_before or 0.0)
-                    per_request = 1000 / max(1, result.requests)
-                    samples.setdefault((endpoint, version), []).append(
-                        (result.requests_per_sec, worker * per_request, redis * per_request)
-                    )
-                    run.log(f"round {round_no + 1}/{rounds} {endpoint} ({version}): "
-                            f"{result.requests_per_sec:,.0f} req/s, worker {worker * per_request:.3f} ms/request")
+                    target = runner.measure(f"{endpoint} ({version})", servers[version], path, script,
+                                            script_args[endpoint, version], redis_server.pid, round_no=round_no)
+                    samples.setdefault((endpoint, version), []).append(target)
     lines = [
         "| endpoint | version | req/s | worker CPU per request | Redis CPU per request |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -97,12 +86,12 @@ def compare(other: Path, settings: run.Settings, rounds: int, duration: int, wor
     for endpoint in ENDPOINTS:
         for version, label in (("this", f"this ({run.ROOT})"), ("other", f"other ({other})")):
             runs = samples[(endpoint, version)]
-            lines.append(
-                f"| {endpoint} | {label} | {statistics.median(r[0] for r in runs):,.0f} "
-                f"| {statistics.median(r[1] for r in runs):.3f} ms | {statistics.median(r[2] for r in runs):.3f} ms |"
-            )
-    lines += ["", f"- medians of {rounds} alternating rounds of {duration}s per endpoint and version"]
-    lines += [f"- BROKEN: {problem}" for problem in problems.problems]
+            req_s = statistics.median(t.result.requests_per_sec for t in runs)
+            worker = statistics.median(_per_request_ms(sum(t.worker_cpu), t) for t in runs)
+            redis = statistics.median(_per_request_ms(t.redis_cpu, t) for t in runs)
+            lines.append(f"| {endpoint} | {label} | {req_s:,.0f} | {worker:.3f} ms | {redis:.3f} ms |")
+    lines += ["", f"- medians of {settings.rounds} alternating rounds of {settings.duration}s per endpoint and version"]
+    lines += [f"- BROKEN: {problem}" for problem in runner.problems]
     return lines
 
 
@@ -113,10 +102,11 @@ def main() -> int:
         return 2
     other = Path(sys.argv[1]).resolve()
     try:
-        settings = run.Settings.from_env(os.environ)
-        rounds, duration = _positive("AB_ROUNDS", 4), _positive("AB_DURATION", 6)
+        settings = dataclasses.replace(
+            run.Settings.from_env(os.environ), rounds=_positive("AB_ROUNDS", 4), duration=_positive("AB_DURATION", 6)
+        )
         with tempfile.TemporaryDirectory(prefix="token-bench-ab-") as tmp:
-            lines = compare(other, settings, rounds, duration, Path(tmp))
+            lines = compare(other, settings, Path(tmp))
     except KeyboardInterrupt:
         run.log("interrupted; everything started was stopped")
         return 130

@@ -551,6 +551,30 @@ def issue_refresh_tokens(base_url: str, id_tokens: Sequence[str]) -> list[str]:
     return tokens
 
 
+@dataclass
+class RefreshTokenSupply:
+    """The refresh script's arguments for each wrk run on ``server``: a file of fresh live tokens.
+
+    Every run needs its own: those in flight when a run stops are spent, and their successors are
+    lost. Each comes from a fresh ``/v1/token`` call (a new family), cycling through ``id_tokens``.
+    """
+
+    server: Gunicorn
+    id_tokens: Sequence[str]
+    settings: Settings
+    workdir: Path
+    issued: int = 0
+
+    def __call__(self, phase: str) -> list[str]:
+        count = self.settings.refresh_tokens
+        sources = [self.id_tokens[(self.issued + i) % len(self.id_tokens)] for i in range(count)]
+        self.issued += count
+        log(f"issuing {count} refresh tokens through {self.server.name}'s /v1/token for the refresh {phase}")
+        tokens = issue_refresh_tokens(self.server.url, sources)
+        path = write_lines(self.workdir / f"refresh-{self.server.name}-{phase}.txt", tokens)
+        return [str(path), str(self.settings.wrk_threads)]
+
+
 def write_lines(path: Path, lines: Sequence[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines))
     return path
@@ -761,18 +785,7 @@ def bench(settings: Settings, workdir: Path) -> tuple[list[list[Target]], list[s
         # Both stay up for every round; an idle server costs no CPU.
         hello = stack.enter_context(hello_server(settings, workdir))
         service = stack.enter_context(token_server(settings, workdir, config))
-        issued = 0
-
-        def refresh_args(phase: str) -> list[str]:
-            # Every wrk run needs its own live tokens: those in flight when a run stops are spent,
-            # and their successors are lost. Each comes from a fresh /v1/token call (a new family).
-            nonlocal issued
-            sources = [id_tokens[(issued + i) % len(id_tokens)] for i in range(settings.refresh_tokens)]
-            issued += settings.refresh_tokens
-            log(f"issuing {len(sources)} refresh tokens through /v1/token for the refresh {phase}")
-            tokens = issue_refresh_tokens(service.url, sources)
-            return [str(write_lines(workdir / f"refresh-{phase}.txt", tokens)), nthreads]
-
+        refresh_args = RefreshTokenSupply(service, id_tokens, settings, workdir)
         rounds: list[list[Target]] = []
         for round_no in range(1, settings.rounds + 1):
             rounds.append([

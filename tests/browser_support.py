@@ -55,12 +55,12 @@ def client_for(base: str) -> dict[str, Any]:
 
 
 @contextmanager
-def browser_stack(**login: Any) -> Iterator[BrowserStack]:
+def browser_stack() -> Iterator[BrowserStack]:
     from token_service.settings import settings_from_dict
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with DevIdP(keys=generate_keys(), clients=[client_for(base)]) as idp:
-        settings = settings_from_dict(login_config(idp, base, **login), environ=SERVICE_ENV)
+        settings = settings_from_dict(login_config(idp, base), environ=SERVICE_ENV)
         with running(settings, port) as service:
             yield BrowserStack(idp, service)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from devidp.harness import DevIdP, generate_keys
+from tests.browser_support import BrowserStack, browser_stack
 from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import TWILIO_SECRET, RunningService, config_dict, rsa, running, settings_for
+from tests.support import ARTIFACTS, TWILIO_SECRET, RunningService, config_dict, rsa, running, settings_for
 from tests.twilio_standin.server import ConversationsStandIn
 from token_service.logs import JsonFormatter
 
@@ -60,7 +61,6 @@ def redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
 
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 LEAK_PATTERNS = {
     "a JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),
     "a refresh token": re.compile(r"rt1\.[A-Za-z0-9_-]{75}"),
@@ -109,3 +109,10 @@ def standin(standin_server: ConversationsStandIn) -> Iterator[ConversationsStand
     violations = standin_server.violations
     standin_server.reset()
     assert violations == []
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[BrowserStack]:
+    """A dev IdP with the service's client, and the service with browser sign-in on (one per module)."""
+    with browser_stack() as built:
+        yield built

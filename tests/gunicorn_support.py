@@ -15,9 +15,7 @@ from pathlib import Path
 import requests
 
 from tests.redis_servers import free_port
-from tests.support import SERVICE_ENV, TWILIO_SECRET
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, SERVICE_ENV, TWILIO_SECRET
 
 
 def dev_config(tmp_path: Path, issuer: str, *, store_url: str = "memory://", extra: str = "") -> Path:
@@ -27,6 +25,12 @@ def dev_config(tmp_path: Path, issuer: str, *, store_url: str = "memory://", ext
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``token-service ARGS`` in a child process, from the repository root, with exactly ``env``."""
+    return subprocess.run([sys.executable, "-m", "token_service.cli", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
 
 
 @dataclass

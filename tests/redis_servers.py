@@ -538,6 +538,14 @@ class RedisServer(RedisProcess):
         kwargs.update(kw)
         return redis.Redis(**kwargs)
 
+    def flush(self) -> None:
+        """Empty every database: a test that shares the server starts from nothing."""
+        admin = self.client()
+        try:
+            admin.flushall()
+        finally:
+            admin.close()
+
     def _admin(self) -> redis.Redis:
         # RESP2 without CLIENT SETINFO: the helper's own connections add as little as possible to the
         # command statistics that tests assert on.

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -15,6 +16,9 @@ from werkzeug.serving import make_server
 
 from token_service.app import create_app
 from token_service.settings import Settings, settings_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+ARTIFACTS = ROOT / "test-artifacts"  # what a run leaves to look at: the suite's log, screenshots
 
 TWILIO_SECRET = "test-api-key-secret-0123456789abcdef"
 SESSION_KEY = "test-session-key-0123456789abcdef0123456789"

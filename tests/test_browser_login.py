@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
 
 from devidp.harness import follow_authorization
-from tests.browser_support import SPA_ORIGIN, BrowserStack, browser_stack
+from tests.browser_support import SPA_ORIGIN, BrowserStack
 from tests.support import forge, problem, rsa
 
 pytestmark = pytest.mark.integration
 CSRF = {"X-Requested-With": "test"}
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[BrowserStack]:
-    with browser_stack() as built:
-        yield built
 
 
 def start_login(browser: requests.Session, stack: BrowserStack, return_to: str | None = None) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,18 @@ import requests
 
 from devidp.harness import DevIdP
 from tests.gunicorn_support import dev_config, gunicorn
-from tests.support import SERVICE_ENV
+from tests.gunicorn_support import run_cli as cli_process
+from tests.support import ROOT, SERVICE_ENV
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "token_service.cli"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with this process's environment, minus the service's secrets, plus ``env``."""
     full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
     full_env.update(env or {})
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=60)
+    return cli_process(*args, env=full_env)
 
 
 def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ Twilio's published OpenAPI description); the service runs over real HTTP with th
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,21 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.support import RL_ADMIN, RL_USER, SERVICE_ENV, TWILIO_SECRET, config_dict, forge, id_claims, problem, running
+from tests.support import (
+    RL_ADMIN,
+    RL_USER,
+    SERVICE_ENV,
+    TWILIO_SECRET,
+    config_dict,
+    forge,
+    id_claims,
+    problem,
+    running,
+)
 from tests.twilio_standin.server import ConversationsStandIn
 from token_service.settings import settings_from_dict
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,7 @@ def test_fail_closed_answers_503_and_keeps_no_family(
 
 
 def test_support_commands(idp: DevIdP, standin: ConversationsStandIn, tmp_path: Path) -> None:
-    from tests.gunicorn_support import dev_config
+    from tests.gunicorn_support import dev_config, run_cli
 
     extra = (f'\n[conversations.sync]\nenabled = true\nbase_url = "{standin.base_url}"\n')
     config = dev_config(tmp_path, idp.issuer, extra=extra)
@@ -114,8 +122,7 @@ def test_support_commands(idp: DevIdP, standin: ConversationsStandIn, tmp_path: 
     env = {**SERVICE_ENV, "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "token_service.cli", *args, "--config", str(config)],
-                              capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        return run_cli(*args, "--config", str(config), env=env)
 
     missing = cli("show-user", "zoe@example.com")
     assert missing.returncode == 3 and "no Conversations User" in missing.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, free_port
 from tests.twilio_standin import Call, ConversationsStandIn, new_sid
 from token_service.conversations import (
     ConversationsUnavailable,
@@ -81,9 +80,7 @@ def sync(make_sync: Callable[..., UserSync]) -> UserSync:
 def redis_stores(redis_server: RedisServer) -> Iterator[Callable[[], RedisStore]]:
     """Fresh Redis (flushed); each call gives another connection, as another worker process would have."""
     made: list[RedisStore] = []
-    admin = redis_server.client()
-    admin.flushall()
-    admin.close()
+    redis_server.flush()
 
     def make() -> RedisStore:
         store = RedisStore(redis_server.client(decode_responses=True))
@@ -302,9 +299,7 @@ def test_fail_open_defers_when_twilio_is_slower_than_the_timeout(
 
 
 def test_fail_open_defers_when_twilio_cannot_be_reached(standin: ConversationsStandIn) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     before = sample("token_service_conversations_rest_calls_total", method="GET", status="error")
     with UserSync(settings_for(standin, base_url=f"http://127.0.0.1:{closed_port}"), MemoryStore()) as sync:
         assert sync.ensure("judy", ROLE_USER) == SyncResult("deferred", rest_calls=1)

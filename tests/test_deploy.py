@@ -34,9 +34,10 @@ import pytest
 import yaml
 
 from tests.debian import ToolUnavailable, ensure_tool
+from tests.redis_servers import free_port
+from tests.support import ROOT
 from token_service.settings import check_workers, settings_from_dict
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -833,13 +834,6 @@ def test_nginx_example_passes_nginx_t(nginx: str, tmp_path: Path) -> None:
     assert "[warn]" not in output and "[emerg]" not in output, output
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class _EchoUpstream(BaseHTTPRequestHandler):
     """Stands in for token-service: answers with the request line and headers it received."""
 
@@ -877,7 +871,7 @@ def proxied(nginx: str, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     with ThreadingHTTPServer(("127.0.0.1", 0), _EchoUpstream) as upstream:
         thread = threading.Thread(target=upstream.serve_forever, daemon=True)
         thread.start()
-        http_port, https_port = _free_port(), _free_port()
+        http_port, https_port = free_port(), free_port()
         block = NGINX_CONF.read_text(encoding="utf-8")
         block = re.sub(r"^\s*server 10\.[^;]*;\n", "", block, flags=re.MULTILINE)
         host, port = upstream.server_address[:2]

@@ -7,17 +7,14 @@ logout comes back to the service). A screenshot of each step lands in ``test-art
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import requests
 
-from tests.browser_support import BrowserStack, browser_stack
+from tests.browser_support import BrowserStack
 from tests.debian import ToolUnavailable, ensure_tool
+from tests.support import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -30,12 +27,6 @@ def chromium() -> str:
         return ensure_tool("chromium", ["chromium"], recommends=True)
     except ToolUnavailable as exc:
         pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[BrowserStack]:
-    with browser_stack() as built:
-        yield built
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -105,9 +104,7 @@ def test_rate_limit_and_store_error_metrics(idp: DevIdP, rsa_key: dict) -> None:
 
 @pytest.fixture
 def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
-    admin = redis_server.client()
-    admin.flushall()
-    admin.close()
+    redis_server.flush()
     config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url())
     with gunicorn(config, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}) as served:
         yield served.url

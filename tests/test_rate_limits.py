@@ -15,7 +15,6 @@ from tests.redis_servers import RedisServer
 from tests.support import config_dict, forge, id_claims, problem, running, settings_for
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def limited(idp: DevIdP, *policies: dict, hops: int = 0, store: str = "memory://") -> dict:
@@ -110,9 +109,7 @@ def test_revoke_is_limited_per_ip(idp: DevIdP) -> None:
 
 @pytest.fixture
 def two_workers(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
-    admin = redis_server.client()
-    admin.flushall()
-    admin.close()
+    redis_server.flush()
     limits = '\n[rate_limits]\npolicies = [{ endpoint = "token", key = "ip", limit = 5, window = 60 }]\n'
     config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url(), extra=limits)
     with gunicorn(config, workers=2) as served:

@@ -93,9 +93,7 @@ def test_password_in_the_url_is_refused(idp: DevIdP) -> None:
 
 @pytest.fixture
 def limited_redis_service(idp: DevIdP, redis_server: RedisServer) -> Iterator[RunningService]:
-    admin = redis_server.client()
-    admin.flushall()
-    admin.close()
+    redis_server.flush()
     limits = {"enabled": True, "policies": [
         {"endpoint": "token", "key": "ip", "limit": 1000, "window": 60},
         {"endpoint": "token", "key": "identity", "limit": 1000, "window": 60},

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.gunicorn_support import dev_config
+from tests.gunicorn_support import dev_config, run_cli
 from tests.redis_servers import RedisServer
 from tests.support import (
     SERVICE_ENV,
@@ -28,7 +26,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def login(svc: RunningService, token: str) -> dict:
@@ -164,12 +161,8 @@ def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: P
         tokens = [login(svc, idp.login("dave")["id_token"])["refresh_token"] for _ in range(2)]
         other = login(svc, idp.login("alice")["id_token"])["refresh_token"]
         config = dev_config(tmp_path, idp.issuer, store_url=redis_server.url())
-        done = subprocess.run(
-            [sys.executable, "-m", "token_service.cli", "revoke", "--config", str(config),
-             "--identity", "dave@example.com"],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-            env={**SERVICE_ENV, "PATH": "/usr/bin:/bin"},
-        )
+        done = run_cli("revoke", "--config", str(config), "--identity", "dave@example.com",
+                       env={**SERVICE_ENV, "PATH": "/usr/bin:/bin"})
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "revoked 2 refresh families of 'dave@example.com'"
         for token in tokens:

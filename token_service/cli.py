@@ -7,11 +7,16 @@ import os
 import runpy
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from token_service.errors import ConfigError
 from token_service.settings import CONFIG_ENV, Settings, check_workers, load_settings
+
+if TYPE_CHECKING:
+    from token_service.conversations import UserSync
 
 GUNICORN_CONFIG_ENV = "TOKEN_SERVICE_GUNICORN_CONFIG"
 DEFAULT_GUNICORN_CONFIG = Path("deploy/gunicorn.conf.py")
@@ -66,8 +71,12 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_sync(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The configured REST sync, for the support commands; exits when it is not enabled."""
+@contextmanager
+def _user_sync(args: argparse.Namespace) -> Iterator[tuple[Settings, UserSync]]:
+    """The configured REST sync, for the support commands, closed (with its store) afterwards.
+
+    Exits when the sync is not enabled.
+    """
     from token_service.issuance import user_sync_for
     from token_service.store import open_store
 
@@ -78,26 +87,27 @@ def _user_sync(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     store = open_store(settings)
     sync = user_sync_for(settings, store)
     assert sync is not None
-    return settings, store, sync
+    try:
+        yield settings, sync
+    finally:
+        sync.close()
+        store.close()
 
 
 def sync_user(args: argparse.Namespace) -> int:
     """Make one identity's Conversations User exist with a role now, ignoring the cache."""
     from token_service.errors import ServiceError
 
-    settings, store, sync = _user_sync(args)
-    role = args.role or settings.roles.default
-    if role not in settings.roles.sids:
-        print(f"--role must be one of: {', '.join(settings.roles.sids)}", file=sys.stderr)
-        return 2
-    try:
-        result = sync.sync(args.identity, settings.roles.sids[role], args.friendly_name)
-    except ServiceError as exc:
-        print(f"sync failed: {exc.detail}", file=sys.stderr)
-        return 1
-    finally:
-        sync.close()
-        store.close()
+    with _user_sync(args) as (settings, sync):
+        role = args.role or settings.roles.default
+        if role not in settings.roles.sids:
+            print(f"--role must be one of: {', '.join(settings.roles.sids)}", file=sys.stderr)
+            return 2
+        try:
+            result = sync.sync(args.identity, settings.roles.sids[role], args.friendly_name)
+        except ServiceError as exc:
+            print(f"sync failed: {exc.detail}", file=sys.stderr)
+            return 1
     print(f"{args.identity!r}: {result.outcome} (role {role}, {result.rest_calls} REST call(s))")
     return 0
 
@@ -108,15 +118,12 @@ def show_user(args: argparse.Namespace) -> int:
 
     from token_service.errors import ServiceError
 
-    _, store, sync = _user_sync(args)
-    try:
-        user = sync.show(args.identity)
-    except ServiceError as exc:
-        print(f"lookup failed: {exc.detail}", file=sys.stderr)
-        return 1
-    finally:
-        sync.close()
-        store.close()
+    with _user_sync(args) as (_, sync):
+        try:
+            user = sync.show(args.identity)
+        except ServiceError as exc:
+            print(f"lookup failed: {exc.detail}", file=sys.stderr)
+            return 1
     if user is None:
         print(f"no Conversations User with identity {args.identity!r}", file=sys.stderr)
         return 3

@@ -98,6 +98,16 @@ class Unavailable(ServiceError):
         self.retry_after = retry_after
 
 
+def problem_types() -> list[str]:
+    """Every problem ``type`` a caller may see: that of ``ServiceError`` and all its subclasses."""
+    found, pending = [], [ServiceError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls.type)
+        pending += cls.__subclasses__()
+    return list(dict.fromkeys(found))
+
+
 class ConfigError(Exception):
     """Configuration is invalid; ``problems`` lists each as ``key: value: rule``."""
 

@@ -29,6 +29,9 @@ from token_service.tokens.refresh import (
 
 audit = logging.getLogger("token_service.audit")
 
+KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
+INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"
+
 
 def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
     """The Conversations REST sync of ``[conversations.sync]``, or None when it is off."""
@@ -51,9 +54,6 @@ def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
         ),
         store,
     )
-
-KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
-INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ The spec comes from the npm package pinned in tests/twilio_spec (``npm ci --pref
 
 from .client import CONVERSATIONS_ORIGIN, RewritingHttpClient, twilio_client
 from .server import Call, ConversationsStandIn, new_sid
-from .spec import SpecNotInstalled, SpecViolation, conversations_v1
+from .spec import SpecNotInstalled, conversations_v1
 
 __all__ = [
     "CONVERSATIONS_ORIGIN",
@@ -21,7 +21,6 @@ __all__ = [
     "ConversationsStandIn",
     "RewritingHttpClient",
     "SpecNotInstalled",
-    "SpecViolation",
     "conversations_v1",
     "new_sid",
     "twilio_client",

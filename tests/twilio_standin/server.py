@@ -253,11 +253,6 @@ class ConversationsStandIn:
             self._violations.clear()
             return taken
 
-    def assert_no_violations(self) -> None:
-        found = self.violations
-        if found:
-            raise AssertionError(f"{len(found)} Twilio spec violation(s):\n  " + "\n  ".join(found))
-
     def seed_user(
         self,
         identity: str,

@@ -72,12 +72,17 @@ def current_session() -> tuple[str, BrowserSession] | None:
     return session_for(request.cookies.get(_cookie_name()), _sessions())
 
 
+@bp.after_request
+def _no_store(resp: Response) -> Response:
+    """Nothing here may be cached: redirects carry state, answers carry session outcomes."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.get("/login")
 def login() -> Response:
     url = _login().authorization_url(request.args.get("return_to"))
-    resp = redirect(url, code=302)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return redirect(url, code=302)
 
 
 @bp.get("/callback")
@@ -101,7 +106,6 @@ def callback() -> Response:
         "sub": verified.claims["sub"], "client_ip": request.remote_addr,
     })
     resp = redirect(done.return_to, code=303)
-    resp.headers["Cache-Control"] = "no-store"
     resp.set_cookie(
         _cookie_name(), session_id, max_age=record.expires_at - record.created_at, httponly=True,
         samesite="Lax", secure=not settings.server.dev_mode, path="/",
@@ -122,7 +126,6 @@ def logout() -> Response:
             "event": "logout", "identity": record.identity, "families": families, "client_ip": request.remote_addr,
         })
     resp = jsonify(signed_out=True, families_revoked=families, end_session_url=_login().end_session_url())
-    resp.headers["Cache-Control"] = "no-store"
     resp.delete_cookie(_cookie_name(), path="/", httponly=True, samesite="Lax",
                        secure=not current_app.extensions["token_service.settings"].server.dev_mode)
     return resp
@@ -158,9 +161,7 @@ def backchannel_logout() -> Response:
     audit.info("back-channel logout", extra={
         "event": "backchannel_logout", "issuer": name, "sub": sub, "sessions": sessions, "families": families,
     })
-    resp = Response("", status=200)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return Response("", status=200)
 
 
 @bp.get("/demo/")
@@ -169,7 +170,6 @@ def demo() -> Response:
         raise NotFound("the demo page is not enabled")
     html = resources.files("token_service.api").joinpath("demo.html").read_text(encoding="utf-8")
     resp = Response(html, mimetype="text/html")
-    resp.headers["Cache-Control"] = "no-store"
     resp.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
         "frame-ancestors 'none'"

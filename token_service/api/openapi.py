@@ -13,15 +13,13 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from token_service import __version__
 from token_service.authn.browser import return_to_pattern
+from token_service.errors import problem_types
 from token_service.settings import Settings
+from token_service.tokens import refresh
 
 bp = Blueprint("openapi", __name__)
 
-PROBLEM_TYPES = [
-    "invalid_request", "invalid_token", "invalid_grant", "access_denied", "invalid_identity",
-    "rate_limited", "unavailable", "not_found", "method_not_allowed", "internal_error",
-]
-REFRESH_TOKEN = {"type": "string", "pattern": r"^rt1\.[A-Za-z0-9_-]{75}$", "description": "An opaque refresh token."}
+REFRESH_TOKEN = {"type": "string", "pattern": refresh.PATTERN, "description": "An opaque refresh token."}
 _STRING = {"schema": {"type": "string"}}
 RATE_HEADERS = {
     "RateLimit-Policy": {"description": "Every policy that applied (IETF draft).", **_STRING},
@@ -324,7 +322,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "type": "object",
                     "required": ["type", "title", "status", "detail"],
                     "properties": {
-                        "type": {"type": "string", "enum": PROBLEM_TYPES},
+                        "type": {"type": "string", "enum": problem_types()},
                         "title": {"type": "string"},
                         "status": {"type": "integer"},
                         "detail": {"type": "string"},

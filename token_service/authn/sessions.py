@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from token_service.store.base import Store, parse_family_ref
 
 _DIGEST_CHARS = 40
+_SESSION_MEMBER = "s:"  # how a logout index names a browser session (families are family_ref)
 
 
 def _h(value: str) -> str:
@@ -58,18 +59,27 @@ class SessionStore:
         self.store = store
         self.ttl = ttl
 
+    # Keys and index members name a session by its digest: logout indexes hold only the digest.
     @staticmethod
-    def _key(session_id: str) -> str:
-        return f"sess:{_h(session_id)}"
+    def _key(digest: str) -> str:
+        return f"sess:{digest}"
+
+    @staticmethod
+    def _families_key(digest: str) -> str:
+        return f"sessfam:{digest}"
 
     @staticmethod
     def families_index(session_id: str) -> str:
-        return f"sessfam:{_h(session_id)}"
+        """The index of the families minted through this browser session."""
+        return SessionStore._families_key(_h(session_id))
 
     @staticmethod
     def member(session_id: str) -> str:
         """How the logout indexes name a browser session."""
-        return f"s:{_h(session_id)}"
+        return f"{_SESSION_MEMBER}{_h(session_id)}"
+
+    def _families_of(self, digest: str) -> list[tuple[str, str]]:
+        return [r for m in self.store.members(self._families_key(digest)) if (r := parse_family_ref(m))]
 
     def create(self, *, identity: str, role: str, role_sid: str, issuer: str, subject: str,
                idp_session: str) -> tuple[str, BrowserSession]:
@@ -77,7 +87,7 @@ class SessionStore:
         now = int(time.time())
         record = BrowserSession(identity, role, role_sid, issuer, subject, idp_session, now, now + self.ttl)
         session_id = secrets.token_urlsafe(32)
-        self.store.put(self._key(session_id), json.dumps(asdict(record)), self.ttl)
+        self.store.put(self._key(_h(session_id)), json.dumps(asdict(record)), self.ttl)
         member = self.member(session_id)
         for index in logout_indexes(issuer, subject, idp_session):
             self.store.link(index, member, self.ttl)
@@ -86,7 +96,7 @@ class SessionStore:
     def load(self, session_id: str) -> BrowserSession | None:
         if not session_id or len(session_id) > 128:
             return None
-        raw = self.store.get(self._key(session_id))
+        raw = self.store.get(self._key(_h(session_id)))
         if raw is None:
             return None
         try:
@@ -96,18 +106,18 @@ class SessionStore:
 
     def end(self, session_id: str) -> int:
         """Delete the session and revoke every family minted through it; return how many."""
-        refs = [r for m in self.store.members(self.families_index(session_id)) if (r := parse_family_ref(m))]
-        count = self.store.revoke_families(refs)
-        self.store.delete(self._key(session_id))
-        self.store.delete(self.families_index(session_id))
+        digest = _h(session_id)
+        count = self.store.revoke_families(self._families_of(digest))
+        self.store.delete(self._key(digest))
+        self.store.delete(self._families_key(digest))
         return count
 
     def end_for_idp(self, index: str) -> tuple[int, int]:
         """Back-channel logout: end the sessions and families listed under ``index``."""
         members = self.store.members(index)
         families = [r for m in members if (r := parse_family_ref(m))]
-        sessions = [m[2:] for m in members if m.startswith("s:")]
+        sessions = [m.removeprefix(_SESSION_MEMBER) for m in members if m.startswith(_SESSION_MEMBER)]
         for digest in sessions:
-            self.store.delete(f"sess:{digest}")
-            families += [r for m in self.store.members(f"sessfam:{digest}") if (r := parse_family_ref(m))]
+            self.store.delete(self._key(digest))
+            families += self._families_of(digest)
         return len(sessions), self.store.revoke_families(families)

@@ -34,7 +34,7 @@ class InstrumentedStore(Store):
         try:
             return call()
         except StoreUnavailable:
-            STORE_ERRORS.labels(operation).inc()
+            child(STORE_ERRORS, operation).inc()
             raise
         finally:
             child(STORE_DURATION, operation).observe(time.perf_counter() - started)

@@ -43,6 +43,13 @@ class _FamilyState:
     def expires(self) -> int:
         return min(self.idle_exp, self.absolute_exp)
 
+    def end(self) -> bool:
+        """Revoke the family and drop its live tokens; True when it was live until now."""
+        was_live = not self.revoked
+        self.revoked = True
+        self.live.clear()
+        return was_live
+
 
 class MemoryStore(Store):
     def __init__(self) -> None:
@@ -81,6 +88,10 @@ class MemoryStore(Store):
             if (live := {i for i in ids if (tag, i) in self._families})
         }
 
+    def _count_active(self, month: str, tag: str) -> None:
+        if month:
+            self._active.setdefault(month, set()).add(tag)
+
     def _family(self, tag: str, family_id: str, now: int) -> _FamilyState | None:
         state = self._families.get((tag, family_id))
         if state is not None and state.expires() <= now:
@@ -109,8 +120,7 @@ class MemoryStore(Store):
             )
             self._families[(family.tag, family.family_id)] = state
             self._index.setdefault(family.tag, set()).add(family.family_id)
-            if month:
-                self._active.setdefault(month, set()).add(family.tag)
+            self._count_active(month, family.tag)
             member = family_ref(family.tag, family.family_id)
             for index in links:
                 self._link_locked(index, member, state.absolute_exp, now)
@@ -136,16 +146,14 @@ class MemoryStore(Store):
                     del state.used[min(state.used, key=state.used.__getitem__)]
             elif presented in state.used:
                 if now - state.used[presented] >= lifetimes.reuse_grace * 1000:
-                    state.revoked = True
-                    state.live.clear()
+                    state.end()
                     return Rotation("reused", limits, state.family)
                 outcome = "grace"
             else:
                 return Rotation("unknown", limits)
             state.live.add(new_digest)
             state.idle_exp = now + lifetimes.idle * 1000
-            if month:
-                self._active.setdefault(month, set()).add(tag)
+            self._count_active(month, tag)
             return Rotation(outcome, limits, state.family, expires_at=state.expires() // 1000)
 
     def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
@@ -157,10 +165,7 @@ class MemoryStore(Store):
             state = self._family(tag, family_id, now)
             if state is None or (presented not in state.live and presented not in state.used):
                 return Revocation(limits)
-            was_live = not state.revoked
-            state.revoked = True
-            state.live.clear()
-            return Revocation(limits, revoked=was_live, family=state.family)
+            return Revocation(limits, revoked=state.end(), family=state.family)
 
     def revoke_identity(self, tag: str, identity: str) -> int:
         with self._lock:
@@ -170,10 +175,7 @@ class MemoryStore(Store):
                 state = self._family(tag, family_id, now)
                 if state is None or state.family.identity != identity:
                     continue
-                if not state.revoked:
-                    count += 1
-                state.revoked = True
-                state.live.clear()
+                count += state.end()
             return count
 
     def put(self, key: str, value: str, ttl: int) -> None:
@@ -223,9 +225,7 @@ class MemoryStore(Store):
                 state = self._family(tag, family_id, now)
                 if state is None:
                     continue
-                count += not state.revoked
-                state.revoked = True
-                state.live.clear()
+                count += state.end()
             return count
 
     def active_identities(self, month: str) -> int:

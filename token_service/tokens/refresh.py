@@ -20,7 +20,8 @@ from token_service.errors import InvalidGrant
 PREFIX = "rt1."
 _TAG_BYTES, _FAMILY_BYTES, _SECRET_BYTES = 8, 16, 32
 _RAW_BYTES = _TAG_BYTES + _FAMILY_BYTES + _SECRET_BYTES
-_SHAPE = re.compile(r"^rt1\.[A-Za-z0-9_-]{75}$")
+PATTERN = r"^rt1\.[A-Za-z0-9_-]{75}$"  # also the OpenAPI description's schema of a refresh token
+_SHAPE = re.compile(PATTERN)
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,12 @@ redis.call('HSET', fam, 'abs_exp', abs_exp, 'revoked', '0', 'identity', ARGV[o +
 redis.call('SADD', live, digest)
 redis.call('PEXPIREAT', fam, expires)
 redis.call('PEXPIREAT', live, expires)
-redis.call('SADD', idx, family_id)
-if redis.call('PTTL', idx) < absolute then
-  redis.call('PEXPIRE', idx, absolute)
-end
+keep_member(idx, family_id, absolute)
 local has_hll = tonumber(ARGV[o + 7])
 if has_hll == 1 then
   count_active(KEYS[n + 4], ARGV[o + 4])
 end
 for i = n + 4 + has_hll, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[o + 8])
-  if redis.call('PTTL', KEYS[i]) < absolute then
-    redis.call('PEXPIRE', KEYS[i], absolute)
-  end
+  keep_member(KEYS[i], ARGV[o + 8], absolute)
 end
 return {'ok', 0, states, {}, math.floor(expires / 1000)}

@@ -1,6 +1,3 @@
 -- Add a member to an index set and keep the set at least ttl seconds. KEYS: set. ARGV: member, ttl s.
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
+keep_member(KEYS[1], ARGV[1], tonumber(ARGV[2]) * 1000)
 return 1
