@@ -28,8 +28,8 @@ percent from one minute to the next, so a ratio is only taken between runs of th
 the report gives the median round's ratio next to every round's.
 
 It prints the machine, the settings and a Markdown table (medians over the rounds), then the pass/fail
-lines of the targets, then the CPU the gunicorn workers and redis-server spent per request (from
-/proc, over all rounds), which says where a missed target loses its time. gthread workers race to
+lines of the targets, then the CPU the gunicorn workers, wrk and redis-server spent per request
+(from /proc and wrk's rusage, over all rounds), which says where a missed target loses its time. gthread workers race to
 accept wrk's keep-alive connections, and now and then one worker gets all of them while the other
 idles; such a run measures the race, not the app, so it is measured again (at most 3 times) and the
 report says so.
@@ -49,8 +49,10 @@ Environment (defaults in brackets):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -261,6 +263,7 @@ class WrkResult:
     socket_errors: dict[str, int]
     script_counts: dict[str, int]
     output: str
+    client_cpu: float = 0.0  # CPU seconds wrk itself used (it shares the machine with the servers)
 
     @property
     def total_socket_errors(self) -> int:
@@ -317,12 +320,16 @@ def run_wrk(
     if script_args:
         argv += ["--", *script_args]
     # subprocess.run kills wrk if we are interrupted while it runs.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=duration + 60, check=False
     )
     if result.returncode != 0:
         raise BenchError(f"`{' '.join(argv)}` failed with status {result.returncode}:\n{result.stdout}{result.stderr}")
-    return parse_wrk(result.stdout + result.stderr)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # wrk is the only child that ends during the run, so the children's usage grew by its CPU alone.
+    client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dataclasses.replace(parse_wrk(result.stdout + result.stderr), client_cpu=client_cpu)
 
 
 # --------------------------------------------------------------------------- servers
@@ -739,6 +746,9 @@ def report(rounds: Sequence[Sequence[Target]], elapsed: float, problems: Sequenc
                                             for i, name in enumerate(names)),
         "- gunicorn workers' CPU per request: "
         + ", ".join(f"{name} {per_request_ms(by_target[i], lambda t: sum(t.worker_cpu))}"
+                    for i, name in enumerate(names)),
+        "- wrk's own CPU per request: "
+        + ", ".join(f"{name} {per_request_ms(by_target[i], lambda t: t.result.client_cpu)}"
                     for i, name in enumerate(names)),
         "- redis-server CPU per request: "
         + ", ".join(f"{name} {per_request_ms(by_target[i], lambda t: t.redis_cpu)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from devidp.harness import DevIdP, generate_keys
 from tests.browser_support import BrowserStack, browser_stack
 from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import ARTIFACTS, TWILIO_SECRET, RunningService, config_dict, rsa, running, settings_for
+from tests.support import ARTIFACTS, RunningService, config_dict, find_leaks, rsa, running, settings_for
 from tests.twilio_standin.server import ConversationsStandIn
 from token_service.logs import JsonFormatter
 
@@ -61,15 +60,6 @@ def redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
 
 
-LEAK_PATTERNS = {
-    "a JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),
-    "a refresh token": re.compile(r"rt1\.[A-Za-z0-9_-]{75}"),
-    "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{20,}"),
-    "the Twilio API key secret": re.compile(re.escape(TWILIO_SECRET)),
-    "a Redis password": re.compile(r"s3cret-pass"),
-}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def suite_log() -> Iterator[Path]:
     """Every log line of the whole suite, as the service writes them (JSON), grepped at the end.
@@ -90,8 +80,8 @@ def suite_log() -> Iterator[Path]:
     root.setLevel(old_level)
     handler.close()
     text = path.read_text(encoding="utf-8")
-    leaks = [f"{what} in the suite log" for what, pattern in LEAK_PATTERNS.items() if pattern.search(text)]
-    assert not leaks, f"{leaks}: see {path}"
+    leaks = find_leaks(text)
+    assert not leaks, f"{leaks} in the suite log: see {path}"
 
 
 @pytest.fixture(scope="session")

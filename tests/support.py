@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,25 @@ RL_USER = "RL" + "1" * 32
 RL_ADMIN = "RL" + "2" * 32
 CR_IOS = "CR" + "3" * 32
 AUDIENCES = ["token-service-dev", "token-service-es256", "urn:token-service:api"]
+
+# What no log line or server output may hold. Fragments count: a truncated token is still a leak.
+LEAK_PATTERNS = {
+    "a JWT or part of one": re.compile(r"eyJ[A-Za-z0-9_-]{8,}"),
+    "a refresh token or part of one": re.compile(r"rt1\.[A-Za-z0-9_-]{8,}"),
+    "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{20,}"),
+    "the Twilio API key secret": re.compile(re.escape(TWILIO_SECRET)),
+    "a Redis password": re.compile(r"s3cret-pass"),
+}
+
+
+def post_refresh(base_url: str, refresh_token: str, **body: Any) -> requests.Response:
+    """``POST /v1/token/refresh`` as a client sends it: the token (and ``body``) as JSON."""
+    return requests.post(f"{base_url}/v1/token/refresh", json={"refresh_token": refresh_token, **body}, timeout=30)
+
+
+def find_leaks(text: str) -> list[str]:
+    """The names of the ``LEAK_PATTERNS`` found in ``text``."""
+    return [what for what, pattern in LEAK_PATTERNS.items() if pattern.search(text)]
 
 
 def config_dict(issuer: str, **issuer_overrides: Any) -> dict[str, Any]:

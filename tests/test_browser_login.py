@@ -11,7 +11,7 @@ import requests
 
 from devidp.harness import follow_authorization
 from tests.browser_support import SPA_ORIGIN, BrowserStack
-from tests.support import forge, problem, rsa
+from tests.support import forge, post_refresh, problem, rsa
 
 pytestmark = pytest.mark.integration
 CSRF = {"X-Requested-With": "test"}
@@ -63,7 +63,7 @@ def test_sign_in_then_cookie_token_then_logout(stack: BrowserStack) -> None:
     assert out.json()["families_revoked"] == 1
     assert out.json()["end_session_url"].startswith(stack.idp.issuer)
     # The session's refresh family is gone, and the cookie no longer signs anyone in.
-    gone = requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": refresh}, timeout=10)
+    gone = post_refresh(stack.base, refresh)
     assert gone.status_code == 401
     again = browser.post(f"{stack.base}/v1/token", headers={"Origin": stack.base, **CSRF,
                                                            "Cookie": f"ts_session={cookie}"}, timeout=10)
@@ -176,14 +176,13 @@ def test_open_redirects_are_refused(stack: BrowserStack, target: str) -> None:
     assert resp.status_code == 400 and problem(resp)["type"] == "invalid_request"
 
 
-def test_allowed_return_targets(stack: BrowserStack) -> None:
-    browser = sign_in(stack, return_to="/demo/?refresh_in=5")
-    assert browser is not None
-    b2 = requests.Session()
-    callback = follow_authorization(b2, start_login(b2, stack, f"{SPA_ORIGIN}/chat"), "alice",
-                                    f"{stack.base}/callback")
-    resp = b2.get(callback, allow_redirects=False, timeout=10)
-    assert resp.headers["Location"] == f"{SPA_ORIGIN}/chat"
+@pytest.mark.parametrize("target", ["/demo/?refresh_in=5", f"{SPA_ORIGIN}/chat"])
+def test_allowed_return_targets(stack: BrowserStack, target: str) -> None:
+    """A path of this service, or a page of an allowed CORS origin: the callback sends the browser there."""
+    with requests.Session() as browser:
+        callback = follow_authorization(browser, start_login(browser, stack, target), "alice", f"{stack.base}/callback")
+        resp = browser.get(callback, allow_redirects=False, timeout=10)
+    assert resp.status_code == 303 and resp.headers["Location"] == target
 
 
 def logout_claims(stack: BrowserStack, **overrides: object) -> dict:
@@ -243,11 +242,9 @@ def test_backchannel_logout_by_sub_revokes_only_that_user(stack: BrowserStack) -
     token = forge(rsa(stack.idp.keys), logout_claims(stack, sub="alice"), headers={"typ": "logout+jwt"})
     resp = post_logout_token(stack, token)
     assert resp.status_code == 200, resp.text
-    assert requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": alice_rt},
-                         timeout=10).status_code == 401
+    assert post_refresh(stack.base, alice_rt).status_code == 401
     assert token_with_cookie(alice, stack).status_code == 401  # the browser session is gone too
-    assert requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": bob_rt},
-                         timeout=10).status_code == 200
+    assert post_refresh(stack.base, bob_rt).status_code == 200
     replay = post_logout_token(stack, token)
     assert replay.status_code == 400 and "replay" in problem(replay)["detail"]
 
@@ -265,11 +262,9 @@ def test_backchannel_logout_by_sid_from_the_real_idp_token(stack: BrowserStack) 
     other_rt = other.json()["refresh_token"]
     token = forge(rsa(stack.idp.keys), logout_claims(stack, sub=None, sid=sid), headers={"typ": "logout+jwt"})
     assert post_logout_token(stack, token).status_code == 200
-    assert requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": other_rt},
-                         timeout=10).status_code == 401
+    assert post_refresh(stack.base, other_rt).status_code == 401
     # The browser's own IdP session is a different sid: untouched.
-    assert requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": refresh},
-                         timeout=10).status_code == 200
+    assert post_refresh(stack.base, refresh).status_code == 200
 
 
 def test_logout_at_the_idp_reaches_the_service_by_back_channel(stack: BrowserStack) -> None:
@@ -284,7 +279,7 @@ def test_logout_at_the_idp_reaches_the_service_by_back_channel(stack: BrowserSta
     xsrf = re.search(r'name="xsrf" value="([^"]+)"', page.text).group(1)
     done = browser.post(action, data={"xsrf": xsrf, "logout": "yes"}, allow_redirects=False, timeout=10)
     assert done.status_code in (200, 303)
-    gone = requests.post(f"{stack.base}/v1/token/refresh", json={"refresh_token": refresh}, timeout=10)
+    gone = post_refresh(stack.base, refresh)
     assert gone.status_code == 401
     assert token_with_cookie(browser, stack).status_code == 401
 

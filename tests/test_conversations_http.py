@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from devidp.harness import DevIdP
 from tests.support import (
@@ -22,6 +21,7 @@ from tests.support import (
     config_dict,
     forge,
     id_claims,
+    post_refresh,
     problem,
     running,
 )
@@ -68,8 +68,7 @@ def test_first_login_creates_then_nothing_then_role_change_updates(
         calls_before = len(standin.calls)
         again = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))
         assert again.status_code == 200
-        refreshed = requests.post(f"{svc.url}/v1/token/refresh",
-                                  json={"refresh_token": again.json()["refresh_token"]}, timeout=10)
+        refreshed = post_refresh(svc.url, again.json()["refresh_token"])
         assert refreshed.status_code == 200
         assert len(standin.calls) == calls_before  # remembered: no REST call at all
         promoted = svc.post_token(forge(rsa_key, id_claims(idp.issuer, groups=["chat-admins"])))

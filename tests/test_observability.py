@@ -21,6 +21,7 @@ from tests.support import (
     config_dict,
     forge,
     id_claims,
+    post_refresh,
     problem,
     running,
     settings_for,
@@ -48,8 +49,7 @@ def test_metrics_move_with_real_requests(service: RunningService, idp: DevIdP, r
     issued = service.post_token(forge(rsa_key, id_claims(idp.issuer, email="metrics@example.com")))
     assert issued.status_code == 200
     assert service.post_token("garbage").status_code == 401
-    refreshed = requests.post(f"{service.url}/v1/token/refresh",
-                              json={"refresh_token": issued.json()["refresh_token"]}, timeout=10)
+    refreshed = post_refresh(service.url, issued.json()["refresh_token"])
     assert refreshed.status_code == 200
     after = scrape(service.url)
 
@@ -141,9 +141,8 @@ def test_audit_events_carry_the_fields_and_no_secrets(
     caplog.set_level(logging.INFO)
     token = forge(rsa_key, id_claims(idp.issuer, sub="sub-42"))
     issued = service.post_token(token, headers={"X-Request-ID": "gateway-id-1"}).json()
-    refreshed = requests.post(f"{service.url}/v1/token/refresh", json={"refresh_token": issued["refresh_token"]},
-                              timeout=10).json()
-    requests.post(f"{service.url}/v1/token/refresh", json={"refresh_token": issued["refresh_token"]}, timeout=10)
+    refreshed = post_refresh(service.url, issued["refresh_token"]).json()
+    post_refresh(service.url, issued["refresh_token"])
     requests.post(f"{service.url}/v1/token/revoke", json={"refresh_token": refreshed["refresh_token"]}, timeout=10)
     service.post_token("garbage")
     events = {r.event: r for r in audit_events(caplog)}

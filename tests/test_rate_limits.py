@@ -12,7 +12,7 @@ import requests
 from devidp.harness import DevIdP
 from tests.gunicorn_support import dev_config, gunicorn
 from tests.redis_servers import RedisServer
-from tests.support import config_dict, forge, id_claims, problem, running, settings_for
+from tests.support import config_dict, forge, id_claims, post_refresh, problem, running, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,14 +89,14 @@ def test_per_family_limit_on_refresh(idp: DevIdP, rsa_key: dict) -> None:
     with running(settings_for(data)) as svc:
         refresh = svc.post_token(forge(rsa_key, id_claims(idp.issuer))).json()["refresh_token"]
         for _ in range(2):
-            resp = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": refresh}, timeout=10)
+            resp = post_refresh(svc.url, refresh)
             assert resp.status_code == 200
             refresh = resp.json()["refresh_token"]
-        refused = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": refresh}, timeout=10)
+        refused = post_refresh(svc.url, refresh)
         assert_429(refused, "refresh-family")
         # Refused before anything was spent: the token still works once the window allows.
         another = svc.post_token(forge(rsa_key, id_claims(idp.issuer))).json()["refresh_token"]
-        ok = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": another}, timeout=10)
+        ok = post_refresh(svc.url, another)
         assert ok.status_code == 200  # other families are not affected
 
 

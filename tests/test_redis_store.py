@@ -12,7 +12,7 @@ import requests
 
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer, make_tls_files
-from tests.support import RunningService, config_dict, forge, id_claims, problem, running
+from tests.support import RunningService, config_dict, forge, id_claims, post_refresh, problem, running
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +31,11 @@ def round_trip(svc: RunningService, token: str) -> None:
     """Issue, refresh, revoke: the whole family life cycle through this store."""
     issued = svc.post_token(token)
     assert issued.status_code == 200, issued.text
-    refreshed = requests.post(f"{svc.url}/v1/token/refresh",
-                              json={"refresh_token": issued.json()["refresh_token"]}, timeout=10)
+    refreshed = post_refresh(svc.url, issued.json()["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
     new = refreshed.json()["refresh_token"]
     assert requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": new}, timeout=10).status_code == 200
-    again = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": new}, timeout=10)
+    again = post_refresh(svc.url, new)
     assert again.status_code == 401
     ready = svc.get("/readyz").json()
     assert ready["store"]["ok"] is True
@@ -112,7 +111,7 @@ def test_round_trip_budget_one_command_per_request(
     """INFO commandstats: issue, refresh and revoke each cost exactly one Redis command."""
     svc = limited_redis_service
     warm = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))  # loads scripts, opens the pool
-    requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": warm.json()["refresh_token"]}, timeout=10)
+    post_refresh(svc.url, warm.json()["refresh_token"])
     requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": "rt1." + "A" * 75}, timeout=10)
 
     def commands_for(action):
@@ -138,7 +137,7 @@ def test_round_trip_budget_one_command_per_request(
     assert issued.status_code == 200 and spent == {"evalsha": 1}
     token = issued.json()["refresh_token"]
     spent, refreshed = commands_for(
-        lambda: requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token}, timeout=10))
+        lambda: post_refresh(svc.url, token))
     assert refreshed.status_code == 200 and spent == {"evalsha": 1}
     new = refreshed.json()["refresh_token"]
     spent, revoked = commands_for(
@@ -156,7 +155,7 @@ def test_redis_killed_then_restarted(idp: DevIdP, rsa_key: dict) -> None:
             server.kill()
             for call in (
                 lambda: svc.post_token(forge(rsa_key, id_claims(idp.issuer))),
-                lambda: requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": held}, timeout=10),
+                lambda: post_refresh(svc.url, held),
             ):
                 started = time.monotonic()
                 resp = call()
@@ -191,8 +190,7 @@ def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rs
             client.close()
             result: dict[str, int] = {}
             thread = threading.Thread(target=lambda: result.update(
-                status=requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token},
-                                     timeout=10).status_code))
+                status=post_refresh(svc.url, token).status_code))
             thread.start()
             time.sleep(0.2)
             server.kill()
@@ -200,8 +198,8 @@ def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rs
             assert result["status"] == 503
             server.start()
             # The interrupted rotation left the family as it was: the token was not spent...
-            after = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token}, timeout=10)
+            after = post_refresh(svc.url, token)
             assert after.status_code == 200, after.text
             # ...and it rotates normally now, so presenting it again is reuse.
-            replay = requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": token}, timeout=10)
+            replay = post_refresh(svc.url, token)
             assert replay.status_code == 401

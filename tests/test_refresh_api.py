@@ -20,6 +20,7 @@ from tests.support import (
     config_dict,
     forge,
     id_claims,
+    post_refresh,
     problem,
     running,
     settings_for,
@@ -35,7 +36,7 @@ def login(svc: RunningService, token: str) -> dict:
 
 
 def refresh(svc: RunningService, refresh_token: str, **kw: object) -> requests.Response:
-    return requests.post(f"{svc.url}/v1/token/refresh", json={"refresh_token": refresh_token, **kw}, timeout=30)
+    return post_refresh(svc.url, refresh_token, **kw)
 
 
 def revoke(svc: RunningService, **kw: object) -> requests.Response:

@@ -33,7 +33,8 @@ def test_tag_is_stable_and_reveals_no_identity() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "rt1.", "rt2." + "A" * 75, "rt1." + "A" * 74, "rt1." + "=" * 75, " rt1." + "A" * 75]
+    "bad",
+    ["", "rt1.", "rt2." + "A" * 75, "rt1." + "A" * 74, "rt1." + "=" * 75, " rt1." + "A" * 75, "rt1." + "A" * 75 + "\n"],
 )
 def test_malformed_tokens_are_invalid_grant(bad: str) -> None:
     with pytest.raises(InvalidGrant, match="malformed"):

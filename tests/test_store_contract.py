@@ -156,6 +156,15 @@ def test_buckets_allow_the_limit_then_refuse(store: Store) -> None:
     assert store.hit([other_ip]).allowed
 
 
+def test_a_limit_above_a_thousand_per_second_is_kept_exactly(store: Store) -> None:
+    """Each request spends window / limit (0.2 ms here), not a whole millisecond rounded up."""
+    fast = bucket("token-ip", "ip:198.51.100.9", 5000, window=1)
+    for _ in range(499):
+        assert store.hit([fast]).allowed
+    # 500 requests spend 100 ms of the 1 s window; the time the calls take only gives some back.
+    assert store.hit([fast]).tightest().remaining >= 5000 - 500
+
+
 def test_a_refused_issue_writes_nothing(store: Store) -> None:
     family, token = new_family()
     tight = bucket("token-identity", family.tag, 1)

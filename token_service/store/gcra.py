@@ -2,7 +2,12 @@
 
 One number per bucket (the theoretical arrival time, ``tat``, in ms) gives exact ``remaining``,
 ``reset`` and ``Retry-After`` values for the IETF RateLimit headers, with no window-edge bursts.
-Integer milliseconds, rounded the same way in Python and Lua, so both backends agree.
+``tat`` is not rounded: a request spends exactly window / limit, which is a fraction of a
+millisecond above 1,000 requests per second (rounding each one up to a whole millisecond would cap
+every key at 1,000 per second, whatever the limit). A double holds today's time in ms to about
+0.1 µs, so a request spends window / limit to within 0.1 µs (0.02% of the 0.6 ms of 100,000 per
+minute). Python and Lua compute it with the same double arithmetic, and Redis stores a Lua number
+with 17 significant digits, so both backends agree.
 """
 
 from __future__ import annotations
@@ -17,17 +22,17 @@ from token_service.store.base import Bucket, BucketState, LimitDecision
 @dataclass(frozen=True)
 class Step:
     allowed: bool
-    new_tat: int
+    new_tat: float
     state: BucketState
     retry_after: int
 
 
-def gcra_step(bucket: Bucket, tat: int | None, now: int) -> Step:
+def gcra_step(bucket: Bucket, tat: float | None, now: int) -> Step:
     """One request against one bucket at ``now`` (ms); ``tat`` is what the bucket stores."""
     window = bucket.window * 1000
     interval = window / bucket.limit
     base = max(tat if tat is not None else now, now)
-    new_tat = math.ceil(base + interval)
+    new_tat = base + interval
     allow_at = new_tat - window
     if now < allow_at:
         state = BucketState(bucket.policy, bucket.limit, bucket.window, 0, math.ceil((base - now) / 1000))

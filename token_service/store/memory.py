@@ -54,7 +54,7 @@ class _FamilyState:
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, str, str], tuple[int, int]] = {}  # -> (tat, expires)
+        self._buckets: dict[tuple[str, str, str], tuple[float, float]] = {}  # -> (tat, expires)
         self._families: dict[tuple[str, str], _FamilyState] = {}
         self._index: dict[str, set[str]] = {}
         self._active: dict[str, set[str]] = {}  # month -> identity tags

@@ -55,7 +55,7 @@ def mint_refresh_token(tag: str, family_id: str) -> RefreshToken:
 
 def parse_refresh_token(value: str) -> RefreshToken:
     """The token's tag and family, or ``InvalidGrant`` for anything not shaped like ours."""
-    if not _SHAPE.match(value):
+    if not _SHAPE.fullmatch(value):  # not match(): its $ would let a trailing newline through
         raise InvalidGrant("the refresh token is malformed; sign in again")
     try:
         raw = base64.urlsafe_b64decode(value[len(PREFIX):] + "=")

@@ -2,8 +2,9 @@
 -- Buckets are KEYS[1..n]; ARGV[1] = n, then (limit, window seconds) pairs in ARGV[2 .. 1+2n].
 -- All buckets are checked first; they are written only when every one allows the request.
 
--- Numbers go to redis.call() as Lua numbers: Redis writes each one with "%.17g", which is exact for
--- the whole milliseconds used here (far below 2^53), and skips a string.format per argument.
+-- Numbers go to redis.call() as Lua numbers: Redis writes each one with 17 significant digits, which
+-- round-trips the double exactly, and skips a string.format per argument. A bucket's value (its TAT,
+-- in ms) is not rounded: a request spends window / limit, a fraction of a ms above 1,000 per second.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -21,7 +22,7 @@ local function limit(n, now)
     local window = tonumber(ARGV[2 * i + 1]) * 1000
     local interval = window / lim
     local base = math.max(stored[i] and tonumber(stored[i]) or now, now)
-    local new_tat = math.ceil(base + interval)
+    local new_tat = base + interval
     local allow_at = new_tat - window
     if now < allow_at then
       allowed = false
@@ -36,7 +37,7 @@ local function limit(n, now)
   end
   if allowed then
     for i = 1, n do
-      redis.call('SET', KEYS[i], tats[i], 'PX', tats[i] - now)
+      redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil(tats[i] - now))
     end
   end
   return allowed, retry, states
