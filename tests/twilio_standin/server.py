@@ -114,8 +114,8 @@ class ConversationsStandIn:
     """Threaded HTTP server on a free 127.0.0.1 port imitating Conversations v1 Users.
 
     Use as a context manager (or ``start()``/``stop()``). Accepted Basic credentials: the API key
-    (``api_key_sid``/``api_key_secret``, generated unless given) and, if ``auth_token`` is given,
-    ``account_sid``/``auth_token``. ``service_sids`` are the Conversation Services that exist (one is generated
+    (``api_key_sid``/``api_key_secret``, generated unless given), the only way the service signs in.
+    ``service_sids`` are the Conversation Services that exist (one is generated
     unless given; the first also backs the default-service ``/v1/Users`` paths); other service sids get 404.
     """
 
@@ -125,7 +125,6 @@ class ConversationsStandIn:
         account_sid: str | None = None,
         api_key_sid: str | None = None,
         api_key_secret: str | None = None,
-        auth_token: str | None = None,
         service_sids: Iterable[str] | None = None,
         default_role_sid: str | None = None,
         public_base_url: str = TWILIO_PUBLIC_BASE_URL,
@@ -136,8 +135,6 @@ class ConversationsStandIn:
         self.api_key_sid = api_key_sid or new_sid("SK")
         self.api_key_secret = api_key_secret or secrets.token_urlsafe(24)
         self._credentials = {self.api_key_sid: self.api_key_secret}
-        if auth_token is not None:
-            self._credentials[self.account_sid] = auth_token
         self.service_sids = list(service_sids or [new_sid("IS")])
         self.service_sid = self.service_sids[0]
         self.default_role_sid = default_role_sid or new_sid("RL")
