@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # `python bench/ab.py`: make the repository root 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run  # noqa: E402  (re-runs under the project's venv when needed)
-from devidp.harness import DevIdP, DevIdPError, generate_keys  # noqa: E402
-from tests.redis_servers import RedisServer, RedisServerError, ensure_redis_server  # noqa: E402
+from devidp.harness import DevIdPError  # noqa: E402
+from tests.redis_servers import RedisServerError  # noqa: E402
 
 ENDPOINTS = {
     "token": ("/v1/token", run.BENCH / "token.lua"),
@@ -55,15 +55,10 @@ def _per_request_ms(seconds: float | None, target: run.Target) -> float:
 def compare(other: Path, settings: run.Settings, workdir: Path) -> list[str]:
     """Run both versions side by side, ``settings.rounds`` times; return the report lines."""
     runner = run.Bench(run.ensure_wrk(), settings)
-    ensure_redis_server()
     samples: dict[tuple[str, str], list[run.Target]] = {}
     with contextlib.ExitStack() as stack:
-        redis_server = stack.enter_context(RedisServer())
-        idp = stack.enter_context(DevIdP(keys=generate_keys()))
-        config = workdir / "config.toml"
-        run.write_config(config, idp.issuer, f"redis://{run.HOST}:{redis_server.port}/0")
-        id_tokens = run.mint_id_tokens(idp, settings.pool)
-        pool = run.write_lines(workdir / "id-tokens.txt", id_tokens)
+        backends = run.start_backends(stack, settings, workdir)
+        redis_server, config, id_tokens, pool = backends.redis, backends.config, backends.id_tokens, backends.pool
         servers = {
             "this": stack.enter_context(run.token_server(settings, workdir, config, run.ROOT, "-this")),
             "other": stack.enter_context(run.token_server(settings, workdir, config, other, "-other")),

@@ -776,20 +776,35 @@ def report(rounds: Sequence[Sequence[Target]], elapsed: float, problems: Sequenc
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Backends:
+    """What every token-service under test shares: one Redis, the dev IdP's config and ID tokens."""
+
+    redis: RedisServer
+    config: Path  # the service config: this IdP as issuer, this Redis as store
+    id_tokens: list[str]
+    pool: Path  # the ID tokens, one per line, for bench/token.lua
+
+
+def start_backends(stack: contextlib.ExitStack, settings: Settings, workdir: Path) -> Backends:
+    """Start Redis and the dev IdP (stopped with ``stack``), write the config, mint the token pool."""
+    ensure_redis_server()
+    log("starting redis and the dev IdP")
+    redis_server = stack.enter_context(RedisServer())
+    idp = stack.enter_context(DevIdP(keys=generate_keys()))
+    config = workdir / "config.toml"
+    write_config(config, idp.issuer, f"redis://{HOST}:{redis_server.port}/0")
+    log(f"minting {settings.pool} RS256 ID tokens")
+    id_tokens = mint_id_tokens(idp, settings.pool)
+    return Backends(redis_server, config, id_tokens, write_lines(workdir / "id-tokens.txt", id_tokens))
+
+
 def bench(settings: Settings, workdir: Path) -> tuple[list[list[Target]], list[str]]:
     """Start Redis, the IdP and both servers, then measure the four targets once per round."""
     runner = Bench(ensure_wrk(), settings)
-    ensure_redis_server()
     with contextlib.ExitStack() as stack:
-        log("starting redis and the dev IdP")
-        redis_server = stack.enter_context(RedisServer())
-        idp = stack.enter_context(DevIdP(keys=generate_keys()))
-        config = workdir / "config.toml"
-        write_config(config, idp.issuer, f"redis://{HOST}:{redis_server.port}/0")
-
-        log(f"minting {settings.pool} RS256 ID tokens")
-        id_tokens = mint_id_tokens(idp, settings.pool)
-        pool = write_lines(workdir / "id-tokens.txt", id_tokens)
+        backends = start_backends(stack, settings, workdir)
+        redis_server, config, id_tokens, pool = backends.redis, backends.config, backends.id_tokens, backends.pool
         nthreads = str(settings.wrk_threads)
 
         # Both stay up for every round; an idle server costs no CPU.

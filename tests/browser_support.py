@@ -24,7 +24,7 @@ class BrowserStack:
         return self.service.url
 
 
-def login_config(idp: DevIdP, base: str, **login: Any) -> dict[str, Any]:
+def login_config(idp: DevIdP, base: str) -> dict[str, Any]:
     data = config_dict(idp.issuer)
     data["server"] = {"public_url": base, "dev_mode": True, "cors_origins": [SPA_ORIGIN]}
     data["login"] = {
@@ -36,7 +36,6 @@ def login_config(idp: DevIdP, base: str, **login: Any) -> dict[str, Any]:
         "after_login": "/demo/",
         "post_logout_redirect_uri": f"{base}/demo/",
         "demo_page": True,
-        **login,
     }
     return data
 

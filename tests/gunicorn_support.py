@@ -27,9 +27,12 @@ def dev_config(tmp_path: Path, issuer: str, *, store_url: str = "memory://", ext
     return path
 
 
+CLI = [sys.executable, "-m", "token_service.cli"]  # ``token-service`` of this checkout
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``token-service ARGS`` in a child process, from the repository root, with exactly ``env``."""
-    return subprocess.run([sys.executable, "-m", "token_service.cli", *args],
+    return subprocess.run([*CLI, *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
 
 
@@ -44,7 +47,7 @@ def gunicorn(config: Path, *, workers: int, env: dict[str, str] | None = None) -
     """Run ``token-service serve``; stop it with SIGTERM; check its output leaks no secret."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "token_service.cli", "serve", "--config", str(config),
+        [*CLI, "serve", "--config", str(config),
          "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
         cwd=ROOT, env={**os.environ, **SERVICE_ENV, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -540,11 +540,8 @@ class RedisServer(RedisProcess):
 
     def flush(self) -> None:
         """Empty every database: a test that shares the server starts from nothing."""
-        admin = self.client()
-        try:
+        with self._admin() as admin:
             admin.flushall()
-        finally:
-            admin.close()
 
     def _admin(self) -> redis.Redis:
         # RESP2 without CLIENT SETINFO: the helper's own connections add as little as possible to the

@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 import requests
+from prometheus_client import REGISTRY
 from werkzeug.serving import make_server
 
 from token_service.app import create_app
@@ -46,6 +47,16 @@ LEAK_PATTERNS = {
 def post_refresh(base_url: str, refresh_token: str, **body: Any) -> requests.Response:
     """``POST /v1/token/refresh`` as a client sends it: the token (and ``body``) as JSON."""
     return requests.post(f"{base_url}/v1/token/refresh", json={"refresh_token": refresh_token, **body}, timeout=30)
+
+
+def post_revoke(base_url: str, refresh_token: str) -> requests.Response:
+    """``POST /v1/token/revoke`` of ``refresh_token``, sent as JSON."""
+    return requests.post(f"{base_url}/v1/token/revoke", json={"refresh_token": refresh_token}, timeout=30)
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric sample of this process's registry; 0 when nothing was counted yet."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def find_leaks(text: str) -> list[str]:

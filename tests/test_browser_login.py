@@ -24,11 +24,15 @@ def start_login(browser: requests.Session, stack: BrowserStack, return_to: str |
     return resp.headers["Location"]
 
 
+def come_back(browser: requests.Session, stack: BrowserStack, user: str, return_to: str | None) -> requests.Response:
+    """Start a login, sign ``user`` in at the IdP, and return the service's answer to the callback."""
+    callback = follow_authorization(browser, start_login(browser, stack, return_to), user, f"{stack.base}/callback")
+    return browser.get(callback, allow_redirects=False, timeout=10)
+
+
 def sign_in(stack: BrowserStack, user: str = "alice", return_to: str | None = None) -> requests.Session:
     browser = requests.Session()
-    auth_url = start_login(browser, stack, return_to)
-    callback = follow_authorization(browser, auth_url, user, f"{stack.base}/callback")
-    resp = browser.get(callback, allow_redirects=False, timeout=10)
+    resp = come_back(browser, stack, user, return_to)
     assert resp.status_code == 303, resp.text
     return browser
 
@@ -180,8 +184,7 @@ def test_open_redirects_are_refused(stack: BrowserStack, target: str) -> None:
 def test_allowed_return_targets(stack: BrowserStack, target: str) -> None:
     """A path of this service, or a page of an allowed CORS origin: the callback sends the browser there."""
     with requests.Session() as browser:
-        callback = follow_authorization(browser, start_login(browser, stack, target), "alice", f"{stack.base}/callback")
-        resp = browser.get(callback, allow_redirects=False, timeout=10)
+        resp = come_back(browser, stack, "alice", target)
     assert resp.status_code == 303 and resp.headers["Location"] == target
 
 

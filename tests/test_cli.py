@@ -11,30 +11,29 @@ import pytest
 import requests
 
 from devidp.harness import DevIdP
-from tests.gunicorn_support import dev_config, gunicorn
-from tests.gunicorn_support import run_cli as cli_process
+from tests.gunicorn_support import dev_config, gunicorn, run_cli
 from tests.support import ROOT, SERVICE_ENV
 
 pytestmark = pytest.mark.integration
 
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli_without_secrets(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI with this process's environment, minus the service's secrets, plus ``env``."""
     full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
     full_env.update(env or {})
-    return cli_process(*args, env=full_env)
+    return run_cli(*args, env=full_env)
 
 
 def test_check_config_valid(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config(tmp_path, idp.issuer)
     env = SERVICE_ENV
-    done = run_cli("check-config", "--config", str(config), "--workers", "1", env=env)
+    done = cli_without_secrets("check-config", "--config", str(config), "--workers", "1", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("configuration is valid: ")
     assert "1 worker(s)" in done.stdout
     # The memory store is per process: the same file with the default gunicorn workers is refused.
-    refused = run_cli("check-config", "--config", str(config), "--workers", "3", env=env)
+    refused = cli_without_secrets("check-config", "--config", str(config), "--workers", "3", env=env)
     assert refused.returncode == 2
     assert "store.url: 'memory://': the memory store lives in one process but 3 workers" in refused.stderr
 
@@ -43,7 +42,7 @@ def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     text = (ROOT / "dev" / "config.toml").read_text()
     config.write_text(text.replace('token_ttl = 900', 'token_ttl = 60').replace('"IS0000', '"IX0000'))
-    done = run_cli("check-config", "--config", str(config))
+    done = cli_without_secrets("check-config", "--config", str(config))
     assert done.returncode == 2
     assert "configuration is invalid (3 problem(s)):" in done.stderr
     assert "twilio.service_sid: 'IX00000000000000000000000000000000': must be a Twilio SID" in done.stderr
@@ -55,7 +54,7 @@ def test_check_config_names_key_value_and_rule(tmp_path: Path) -> None:
 def test_check_config_uses_the_env_var_for_the_path(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config(tmp_path, idp.issuer)
     env = {**SERVICE_ENV, "TOKEN_SERVICE_CONFIG": str(config)}
-    assert run_cli("check-config", "--workers", "1", env=env).returncode == 0
+    assert cli_without_secrets("check-config", "--workers", "1", env=env).returncode == 0
 
 
 @pytest.fixture
@@ -76,13 +75,13 @@ def test_serve_runs_under_gunicorn_with_the_deploy_config(gunicorn_service: str,
 def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[server]\ntrusted_proxies = -1\n")
-    done = run_cli("serve", "--config", str(config))
+    done = cli_without_secrets("serve", "--config", str(config))
     assert done.returncode == 2
     assert "server.trusted_proxies: -1: Input should be greater than or equal to 0" in done.stderr
 
 
 def test_serve_refuses_the_memory_store_with_several_workers(idp: DevIdP, tmp_path: Path) -> None:
     config = dev_config(tmp_path, idp.issuer)
-    done = run_cli("serve", "--config", str(config), "--workers", "2", env=SERVICE_ENV)
+    done = cli_without_secrets("serve", "--config", str(config), "--workers", "2", env=SERVICE_ENV)
     assert done.returncode == 2
     assert "store.url: 'memory://': the memory store lives in one process but 2 workers would" in done.stderr

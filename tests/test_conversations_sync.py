@@ -18,9 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from tests.redis_servers import RedisServer, free_port
+from tests.support import sample
 from tests.twilio_standin import Call, ConversationsStandIn, new_sid
 from token_service.conversations import (
     ConversationsUnavailable,
@@ -106,10 +106,6 @@ def updates(standin: ConversationsStandIn) -> list[Call]:
 
 def writes(standin: ConversationsStandIn) -> list[Call]:
     return [c for c in standin.calls if c.method != "GET"]
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class FlakyStore(MemoryStore):

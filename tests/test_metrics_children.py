@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
+from tests.support import sample
 from token_service.metrics import REFRESHES, STORE_DURATION, child
 
 pytestmark = pytest.mark.unit
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_child_is_the_labelled_metric_and_counts_into_its_samples() -> None:

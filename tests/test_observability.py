@@ -22,6 +22,7 @@ from tests.support import (
     forge,
     id_claims,
     post_refresh,
+    post_revoke,
     problem,
     running,
     settings_for,
@@ -143,7 +144,7 @@ def test_audit_events_carry_the_fields_and_no_secrets(
     issued = service.post_token(token, headers={"X-Request-ID": "gateway-id-1"}).json()
     refreshed = post_refresh(service.url, issued["refresh_token"]).json()
     post_refresh(service.url, issued["refresh_token"])
-    requests.post(f"{service.url}/v1/token/revoke", json={"refresh_token": refreshed["refresh_token"]}, timeout=10)
+    post_revoke(service.url, refreshed["refresh_token"])
     service.post_token("garbage")
     events = {r.event: r for r in audit_events(caplog)}
     issued_event = events["token_issued"]

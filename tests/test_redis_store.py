@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer, make_tls_files
-from tests.support import RunningService, config_dict, forge, id_claims, post_refresh, problem, running
+from tests.support import RunningService, config_dict, forge, id_claims, post_refresh, post_revoke, problem, running
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,7 @@ def round_trip(svc: RunningService, token: str) -> None:
     refreshed = post_refresh(svc.url, issued.json()["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
     new = refreshed.json()["refresh_token"]
-    assert requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": new}, timeout=10).status_code == 200
+    assert post_revoke(svc.url, new).status_code == 200
     again = post_refresh(svc.url, new)
     assert again.status_code == 401
     ready = svc.get("/readyz").json()
@@ -112,7 +111,7 @@ def test_round_trip_budget_one_command_per_request(
     svc = limited_redis_service
     warm = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))  # loads scripts, opens the pool
     post_refresh(svc.url, warm.json()["refresh_token"])
-    requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": "rt1." + "A" * 75}, timeout=10)
+    post_revoke(svc.url, "rt1." + "A" * 75)
 
     def commands_for(action):
         """The commands the service sent (MONITOR), not those its Lua scripts ran inside Redis."""
@@ -141,7 +140,7 @@ def test_round_trip_budget_one_command_per_request(
     assert refreshed.status_code == 200 and spent == {"evalsha": 1}
     new = refreshed.json()["refresh_token"]
     spent, revoked = commands_for(
-        lambda: requests.post(f"{svc.url}/v1/token/revoke", json={"refresh_token": new}, timeout=10))
+        lambda: post_revoke(svc.url, new))
     assert revoked.status_code == 200 and spent == {"evalsha": 1}
 
 

@@ -35,10 +35,6 @@ def login(svc: RunningService, token: str) -> dict:
     return resp.json()
 
 
-def refresh(svc: RunningService, refresh_token: str, **kw: object) -> requests.Response:
-    return post_refresh(svc.url, refresh_token, **kw)
-
-
 def revoke(svc: RunningService, **kw: object) -> requests.Response:
     return requests.post(f"{svc.url}/v1/token/revoke", timeout=30, **kw)
 
@@ -52,7 +48,7 @@ def assert_invalid_grant(resp: requests.Response) -> None:
 
 def test_refresh_rotates_and_keeps_identity_and_role(service: RunningService, idp: DevIdP) -> None:
     first = login(service, idp.login("bob")["id_token"])
-    resp = refresh(service, first["refresh_token"], platform="ios")
+    resp = post_refresh(service.url, first["refresh_token"], platform="ios")
     assert resp.status_code == 200, resp.text
     assert resp.headers["Cache-Control"] == "no-store"
     second = resp.json()
@@ -62,7 +58,7 @@ def test_refresh_rotates_and_keeps_identity_and_role(service: RunningService, id
     assert claims["grants"]["chat"]["deployment_role_sid"] == first["role_sid"]
     assert "push_credential_sid" in claims["grants"]["chat"]
     assert second["refresh_expires_at"] >= first["refresh_expires_at"]
-    third = refresh(service, second["refresh_token"])
+    third = post_refresh(service.url, second["refresh_token"])
     assert third.status_code == 200
 
 
@@ -70,10 +66,10 @@ def test_replay_of_a_spent_token_kills_the_family(
     service: RunningService, idp: DevIdP, caplog: pytest.LogCaptureFixture
 ) -> None:
     owner = login(service, idp.login("alice")["id_token"])
-    rotated = refresh(service, owner["refresh_token"]).json()
+    rotated = post_refresh(service.url, owner["refresh_token"]).json()
     with caplog.at_level(logging.WARNING, logger="token_service.audit"):
-        assert_invalid_grant(refresh(service, owner["refresh_token"]))  # the thief replays
-    assert_invalid_grant(refresh(service, rotated["refresh_token"]))  # and the owner is out too
+        assert_invalid_grant(post_refresh(service.url, owner["refresh_token"]))  # the thief replays
+    assert_invalid_grant(post_refresh(service.url, rotated["refresh_token"]))  # and the owner is out too
     (event,) = [r for r in caplog.records if getattr(r, "event", "") == "refresh_reuse_detected"]
     assert event.identity == "alice@example.com" and event.levelname == "WARNING"
     assert owner["refresh_token"] not in caplog.text and rotated["refresh_token"] not in caplog.text
@@ -84,17 +80,17 @@ def test_replay_of_a_spent_token_kills_the_family(
     ["", "rt1.", "rt1." + "A" * 74, "rt1." + "A" * 76, "rt0." + "A" * 75, "rt1." + "!" * 75, "x" * 600],
 )
 def test_malformed_refresh_tokens(service: RunningService, bad: str) -> None:
-    resp = refresh(service, bad)
+    resp = post_refresh(service.url, bad)
     assert resp.status_code in (400, 401), resp.text
     assert problem(resp)["type"] in ("invalid_grant", "invalid_request")
 
 
 def test_unknown_and_truncated_refresh_tokens(service: RunningService, idp: DevIdP, rsa_key: dict) -> None:
     real = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
-    assert_invalid_grant(refresh(service, real[:-1]))  # truncated
+    assert_invalid_grant(post_refresh(service.url, real[:-1]))  # truncated
     tampered = real[:-2] + ("AA" if real[-2:] != "AA" else "BA")
-    assert_invalid_grant(refresh(service, tampered))
-    assert refresh(service, real).status_code == 200  # the forgeries did not hurt the owner
+    assert_invalid_grant(post_refresh(service.url, tampered))
+    assert post_refresh(service.url, real).status_code == 200  # the forgeries did not hurt the owner
 
 
 def test_bad_refresh_requests(service: RunningService) -> None:
@@ -108,11 +104,11 @@ def test_revoke_json_and_rfc7009_form(service: RunningService, idp: DevIdP, rsa_
     a = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
     resp = revoke(service, json={"refresh_token": a})
     assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
-    assert_invalid_grant(refresh(service, a))
+    assert_invalid_grant(post_refresh(service.url, a))
     b = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
     form = revoke(service, data={"token": b, "token_type_hint": "refresh_token"})
     assert form.status_code == 200
-    assert_invalid_grant(refresh(service, b))
+    assert_invalid_grant(post_refresh(service.url, b))
 
 
 def test_revoke_answers_200_for_unknown_tokens_and_400_without_one(service: RunningService) -> None:
@@ -126,7 +122,7 @@ def test_revoking_one_family_leaves_the_others(service: RunningService, idp: Dev
     phone = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
     laptop = login(service, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
     assert revoke(service, json={"refresh_token": phone}).status_code == 200
-    assert refresh(service, laptop).status_code == 200
+    assert post_refresh(service.url, laptop).status_code == 200
 
 
 def redis_config(idp: DevIdP, redis_server: RedisServer, **extra: object) -> dict:
@@ -140,7 +136,7 @@ def test_fifty_concurrent_refreshes_one_success_on_redis(idp: DevIdP, redis_serv
     with running(settings_for(redis_config(idp, redis_server))) as svc:
         token = login(svc, idp.login("alice")["id_token"])["refresh_token"]
         with ThreadPoolExecutor(max_workers=50) as pool:
-            statuses = list(pool.map(lambda _: refresh(svc, token).status_code, range(50)))
+            statuses = list(pool.map(lambda _: post_refresh(svc.url, token).status_code, range(50)))
         assert statuses.count(200) == 1
         assert set(statuses) == {200, 401}
 
@@ -150,11 +146,11 @@ def test_grace_window_over_http(idp: DevIdP, rsa_key: dict) -> None:
     data["refresh"] = {"reuse_grace": 5}
     with running(settings_for(data)) as svc:
         first = login(svc, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
-        a = refresh(svc, first)
-        b = refresh(svc, first)  # a retry inside the grace window: allowed, family intact
+        a = post_refresh(svc.url, first)
+        b = post_refresh(svc.url, first)  # a retry inside the grace window: allowed, family intact
         assert (a.status_code, b.status_code) == (200, 200)
-        assert refresh(svc, a.json()["refresh_token"]).status_code == 200
-        assert refresh(svc, b.json()["refresh_token"]).status_code == 200
+        assert post_refresh(svc.url, a.json()["refresh_token"]).status_code == 200
+        assert post_refresh(svc.url, b.json()["refresh_token"]).status_code == 200
 
 
 def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> None:
@@ -167,5 +163,5 @@ def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: P
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "revoked 2 refresh families of 'dave@example.com'"
         for token in tokens:
-            assert_invalid_grant(refresh(svc, token))
-        assert refresh(svc, other).status_code == 200
+            assert_invalid_grant(post_refresh(svc.url, token))
+        assert post_refresh(svc.url, other).status_code == 200

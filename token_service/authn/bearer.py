@@ -226,6 +226,7 @@ class BearerVerifier:
         claims = unverified  # from here on, verified
         validate_claims(claims, issuer=issuer.issuer, audiences=[audience] if audience else issuer.audiences,
                         leeway=issuer.leeway, required=required, now=time.time())
-        if "sub" in required and (not isinstance(claims.get("sub"), str) or not claims["sub"]):
+        # validate_claims saw to it that a required 'sub' is present and a string; it must not be empty.
+        if "sub" in required and not claims["sub"]:
             raise InvalidToken("the token's 'sub' claim is not a non-empty string")
         return VerifiedToken(issuer=issuer, claims=claims)

@@ -54,7 +54,8 @@ class _FamilyState:
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, str, str], tuple[float, float]] = {}  # -> (tat, expires)
+        # -> the bucket's TAT (ms); a bucket is empty, so forgotten, once its TAT has passed
+        self._buckets: dict[tuple[str, str, str], float] = {}
         self._families: dict[tuple[str, str], _FamilyState] = {}
         self._index: dict[str, set[str]] = {}
         self._active: dict[str, set[str]] = {}  # month -> identity tags
@@ -66,20 +67,21 @@ class MemoryStore(Store):
     def _check(self, buckets: Sequence[Bucket], now: int) -> LimitDecision:
         steps = []
         for b in buckets:
-            stored = self._buckets.get((b.policy, b.tag, b.key))
-            tat = stored[0] if stored and stored[1] > now else None
+            tat = self._buckets.get((b.policy, b.tag, b.key))
+            if tat is not None and tat <= now:
+                tat = None
             steps.append(gcra_step(b, tat, now))
         decision = decide(steps)
         if decision.allowed:
             for b, step in zip(buckets, steps, strict=True):
-                self._buckets[(b.policy, b.tag, b.key)] = (step.new_tat, step.new_tat)
+                self._buckets[(b.policy, b.tag, b.key)] = step.new_tat
         return decision
 
     def _sweep(self, now: int) -> None:
         self._ops += 1
         if self._ops % 1024:
             return
-        self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now}
+        self._buckets = {k: tat for k, tat in self._buckets.items() if tat > now}
         self._values = {k: v for k, v in self._values.items() if v[1] > now}
         self._sets = {k: v for k, v in self._sets.items() if v[1] > now}
         self._families = {k: v for k, v in self._families.items() if v.expires() > now}

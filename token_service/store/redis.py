@@ -10,7 +10,6 @@ before (two round trips there; one on standalone and Sentinel). Redis errors bec
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -79,11 +78,10 @@ class PinnedScripts:
     forgotten (a restart) is loaded again.
     """
 
-    def __init__(self, client: Any, sources: dict[str, str]) -> None:
+    def __init__(self, client: Any, scripts: dict[str, Script]) -> None:
         self._client = client
         self._pool = client.connection_pool
-        self._sources = sources
-        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
+        self._scripts = scripts  # redis-py's registered scripts: their SHA1 and their source
         self._local = threading.local()
 
     def _connection(self) -> Any:
@@ -97,7 +95,8 @@ class PinnedScripts:
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         connection = self._connection()
         # hiredis packs str and int arguments itself, in C (redis-py would re-encode each first).
-        packed = [hiredis.pack_command(("EVALSHA", self._shas[name], len(keys), *keys, *args))]
+        script = self._scripts[name]
+        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
         for attempt in (1, 2):
             try:
                 if not connection.is_connected:
@@ -108,7 +107,7 @@ class PinnedScripts:
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
-                self._client.script_load(self._sources[name])
+                self._client.script_load(script.script)
             except redis.ConnectionError:
                 connection.disconnect()
                 if attempt == 2:
@@ -131,13 +130,12 @@ class RedisStore(Store):
         self.client = client
         self.prefix = prefix
         self.cluster = cluster
-        sources = {
-            name: _source(name)
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(_source(name))
             for name in ("limit", "issue", "rotate", "revoke", "revoke_identity", "link", "revoke_family")
         }
-        self._scripts: dict[str, Script] = {name: client.register_script(src) for name, src in sources.items()}
         # A Cluster routes each call by slot: it keeps redis-py's own path.
-        self._pinned = None if cluster else PinnedScripts(client, sources)
+        self._pinned = None if cluster else PinnedScripts(client, self._scripts)
 
     # -- keys -------------------------------------------------------------------------------
     def bucket_key(self, b: Bucket) -> str:
