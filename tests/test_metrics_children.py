@@ -21,7 +21,14 @@ def test_child_is_the_labelled_metric_and_counts_into_its_samples() -> None:
 
 def test_histogram_children_observe_into_their_buckets() -> None:
     count = "token_service_store_duration_seconds_count"
+    bucket = "token_service_store_duration_seconds_bucket"
     before = sample(count, operation="rotate")
+    fastest, next_up = sample(bucket, operation="rotate", le="0.0005"), sample(bucket, operation="rotate", le="0.001")
     child(STORE_DURATION, "rotate").observe(0.0004)
     assert sample(count, operation="rotate") == before + 1
-    assert sample("token_service_store_duration_seconds_bucket", operation="rotate", le="0.0005") >= 1
+    # Buckets are cumulative: 0.4 ms counts in the 0.5 ms bucket and every wider one.
+    assert sample(bucket, operation="rotate", le="0.0005") == fastest + 1
+    assert sample(bucket, operation="rotate", le="0.001") == next_up + 1
+    slow = sample(bucket, operation="rotate", le="0.0005")
+    child(STORE_DURATION, "rotate").observe(0.0007)
+    assert sample(bucket, operation="rotate", le="0.0005") == slow

@@ -79,9 +79,9 @@ def test_caller_chosen_methods_do_not_become_label_values(service: RunningServic
     after = scrape(service.url)
     labels = {dict(key[1]).get("method") for key in after if key[0] == "token_service_http_requests_total"}
     assert not labels & {"FROB", "XYZZY", "BREW"}
-    other = ("token_service_http_requests_total", "/v1/token", "other", "405")
-    count = value(after, other[0], endpoint=other[1], method=other[2], status=other[3])
-    assert count - value(before, other[0], endpoint=other[1], method=other[2], status=other[3]) == 3
+    other = {"endpoint": "/v1/token", "method": "other", "status": "405"}
+    name = "token_service_http_requests_total"
+    assert value(after, name, **other) - value(before, name, **other) == 3
 
 
 def test_rate_limit_and_store_error_metrics(idp: DevIdP, rsa_key: dict) -> None:

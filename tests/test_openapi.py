@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from flask import Flask
 from hypothesis import HealthCheck, settings
 
 from devidp.harness import generate_keys, public_jwks
@@ -49,12 +50,14 @@ def test_document_lists_every_route() -> None:
     assert raw["components"]["schemas"]["TokenRequest"]["properties"]["platform"]["enum"] == ["android", "ios", "web"]
 
 
+def served_paths(app: Flask) -> set[str]:
+    """Every path the app answers: the token endpoints in front of Flask (api/token_api.py), the rest Flask's."""
+    return {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"} | TOKEN_PATHS
+
+
 def test_every_flask_route_is_documented(tmp_path: Path) -> None:
     app = create_app(settings_for(config_dict(ISSUER)))
-    # The token endpoints are served in front of Flask (api/token_api.py), every other route by Flask.
-    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"} | TOKEN_PATHS
-    documented = set(app.extensions["token_service.openapi"]["paths"])
-    assert routes == documented
+    assert served_paths(app) == set(app.extensions["token_service.openapi"]["paths"])
 
 
 LOGIN_ISSUER = "http://127.0.0.1:9"  # nothing listens: discovery fails fast, and /login answers 503
@@ -91,5 +94,4 @@ def test_browser_endpoints_conform_to_the_description(case: schemathesis.Case) -
 
 
 def test_browser_routes_are_documented_when_login_is_on() -> None:
-    routes = {rule.rule for rule in LOGIN_APP.url_map.iter_rules() if rule.endpoint != "static"} | TOKEN_PATHS
-    assert routes == set(LOGIN_APP.extensions["token_service.openapi"]["paths"])
+    assert served_paths(LOGIN_APP) == set(LOGIN_APP.extensions["token_service.openapi"]["paths"])

@@ -19,6 +19,8 @@ from tests.support import (
     SERVICE_SID,
     TWILIO_SECRET,
     RunningService,
+    post_refresh,
+    post_revoke,
     problem,
 )
 
@@ -141,13 +143,32 @@ def test_chunked_bodies_are_read_and_bounded(idp: DevIdP, service: RunningServic
     assert huge.status_code == 413 and problem(huge)["type"] == "invalid_request"
 
 
-def test_every_answer_of_the_token_endpoints_is_complete(service: RunningService) -> None:
-    """Problems from the WSGI handler carry what Flask's answers carry: type, length, request id."""
-    resp = requests.post(f"{service.url}/v1/token/revoke", data=b"{not json", timeout=10,
-                         headers={"Content-Type": "application/json"})
-    assert resp.status_code == 400 and problem(resp)["type"] == "invalid_request"
-    assert resp.headers["Content-Type"] == "application/problem+json"
+def _assert_complete(resp: requests.Response, content_type: str) -> None:
+    """What every answer of the WSGI handler carries, as Flask's answers do."""
+    assert resp.headers["Content-Type"] == content_type
     assert int(resp.headers["Content-Length"]) == len(resp.content)
     assert resp.headers["Cache-Control"] == "no-store"
     assert len(resp.headers["X-Request-ID"]) == 32
     assert resp.headers["Vary"] == "Origin"
+
+
+def test_every_answer_of_the_token_endpoints_is_complete(idp: DevIdP, service: RunningService) -> None:
+    """Answers and problems of all three endpoints: type, length, no-store, request id, Vary."""
+    issued = service.post_token(idp.login("alice")["id_token"])
+    assert issued.status_code == 200, issued.text
+    _assert_complete(issued, "application/json")
+    refreshed = post_refresh(service.url, issued.json()["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    _assert_complete(refreshed, "application/json")
+    revoked = post_revoke(service.url, refreshed.json()["refresh_token"])
+    assert revoked.status_code == 200, revoked.text
+    _assert_complete(revoked, "application/json")
+    # The body is read before the bearer token is verified (the cheap check first): 400 everywhere.
+    for path in ("/v1/token", "/v1/token/refresh", "/v1/token/revoke"):
+        resp = requests.post(f"{service.url}{path}", data=b"{not json", timeout=10,
+                             headers={"Content-Type": "application/json", "Authorization": "Bearer x.y.z"})
+        assert (resp.status_code, problem(resp)["type"]) == (400, "invalid_request"), path
+        _assert_complete(resp, "application/problem+json")
+    unverified = service.post_token("x.y.z")
+    assert (unverified.status_code, problem(unverified)["type"]) == (401, "invalid_token")
+    _assert_complete(unverified, "application/problem+json")
