@@ -44,6 +44,7 @@ Environment (defaults in brackets):
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_TIMEOUT [2s] measured run, warm-up per target (0: none), -timeout
     BENCH_ROUNDS [3]                                      rounds of the four measurements (warm-up in the first)
     BENCH_POOL [2000]                                     distinct users (ID tokens) in the token pool
+    BENCH_FAMILIES [1000]                                 refresh families per refresh run (chained by wrk)
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class Settings:
     warmup: int
     timeout: int
     pool: int
+    families: int
     rounds: int
 
     @classmethod
@@ -187,6 +189,7 @@ class Settings:
             warmup=_seconds(env.get("WRK_WARMUP", "3s"), "WRK_WARMUP"),
             timeout=_seconds(env.get("WRK_TIMEOUT", "2s"), "WRK_TIMEOUT"),
             pool=_positive(env, "BENCH_POOL", 2000),
+            families=_positive(env, "BENCH_FAMILIES", 1000),
             rounds=_positive(env, "BENCH_ROUNDS", 3),
         )
         if settings.duration < 1 or settings.timeout < 1:
@@ -197,8 +200,11 @@ class Settings:
 
     @property
     def refresh_tokens(self) -> int:
-        """Refresh tokens per wrk run: twice the connections, so no thread's queue runs dry."""
-        return 2 * self.connections
+        """Refresh tokens (families) per wrk run: ``BENCH_FAMILIES``, and at least twice the connections so
+        no thread's queue runs dry. Many families, each refreshed a few dozen times in a run, is what a
+        service sees (one refresh per session every quarter hour), not a few families refreshed thousands
+        of times, whose spent-token lists would sit at their cap."""
+        return max(self.families, 2 * self.connections)
 
     def wrk_args(self, duration: int) -> list[str]:
         return [
