@@ -18,7 +18,7 @@ dependencies must be installable in this checkout's venv. Each run is measured a
 measures it (``bench/run.py``'s ``Bench.measure``: a warm-up in the first round, a run where a worker
 sat idle measured again). Environment: ``AB_ROUNDS`` [4], ``AB_DURATION`` [6] seconds per run, plus
 ``bench/run.py``'s ``WRK_WARMUP``, ``TOKEN_SERVICE_WORKERS``, ``TOKEN_SERVICE_THREADS``,
-``WRK_THREADS``, ``WRK_CONNECTIONS`` and ``BENCH_POOL``.
+``WRK_THREADS``, ``WRK_CONNECTIONS``, ``BENCH_POOL`` and ``BENCH_FAMILIES``.
 """
 
 from __future__ import annotations
