@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/ab.py`: make the repository root importable
@@ -48,8 +49,8 @@ def _positive(name: str, default: int) -> int:
     return run._positive(os.environ, name, default)
 
 
-def _per_request_ms(seconds: float | None, target: run.Target) -> float:
-    return 1000 * (seconds or 0.0) / max(1, target.result.requests)
+def _cpu_ms(target: run.Target, seconds: Callable[[run.Target], float | None]) -> float:
+    return run.cpu_ms_per_request([target], seconds) or 0.0
 
 
 def compare(other: Path, settings: run.Settings, workdir: Path) -> list[str]:
@@ -82,8 +83,8 @@ def compare(other: Path, settings: run.Settings, workdir: Path) -> list[str]:
         for version, label in (("this", f"this ({run.ROOT})"), ("other", f"other ({other})")):
             runs = samples[(endpoint, version)]
             req_s = statistics.median(t.result.requests_per_sec for t in runs)
-            worker = statistics.median(_per_request_ms(sum(t.worker_cpu), t) for t in runs)
-            redis = statistics.median(_per_request_ms(t.redis_cpu, t) for t in runs)
+            worker = statistics.median(_cpu_ms(t, lambda t: sum(t.worker_cpu)) for t in runs)
+            redis = statistics.median(_cpu_ms(t, lambda t: t.redis_cpu) for t in runs)
             lines.append(f"| {endpoint} | {label} | {req_s:,.0f} | {worker:.3f} ms | {redis:.3f} ms |")
     lines += ["", f"- medians of {settings.rounds} alternating rounds of {settings.duration}s per endpoint and version"]
     lines += [f"- BROKEN: {problem}" for problem in runner.problems]

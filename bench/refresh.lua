@@ -64,15 +64,13 @@ end
 local FIELD = '"refresh_token":"'
 local TOKEN_CHARS = 79  -- "rt1." and 75 base64url characters
 
+local QUOTE = string.byte('"')
+
 function response(status, _, body)
-  local token
-  if status == 200 and body then
-    local _, last = string.find(body, FIELD, 1, true)
-    token = last and string.sub(body, last + 1, last + TOKEN_CHARS)
-    if token and (#token ~= TOKEN_CHARS or string.sub(body, last + TOKEN_CHARS + 1, last + TOKEN_CHARS + 1) ~= '"') then
-      token = nil
-    end
-  end
+  local last = status == 200 and body and select(2, string.find(body, FIELD, 1, true))
+  -- a whole token is followed by the closing quote (a cut-short body has none there)
+  local token = last and string.byte(body, last + TOKEN_CHARS + 1) == QUOTE
+    and string.sub(body, last + 1, last + TOKEN_CHARS)
   if token then
     push(token)
   else

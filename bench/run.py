@@ -695,6 +695,15 @@ class Bench:
         return target
 
 
+def cpu_ms_per_request(targets: Sequence[Target], seconds: Callable[[Target], float | None]) -> float | None:
+    """CPU ms per request over ``targets`` (``seconds`` of each); None when any run lacks the figure."""
+    used = [seconds(t) for t in targets]
+    requests = sum(t.result.requests for t in targets)
+    if not requests or any(u is None for u in used):
+        return None
+    return 1000 * sum(u for u in used if u is not None) / requests
+
+
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -737,11 +746,8 @@ def report(rounds: Sequence[Sequence[Target]], elapsed: float, problems: Sequenc
         ]
 
     def per_request_ms(targets: Sequence[Target], seconds: Callable[[Target], float | None]) -> str:
-        used = [seconds(t) for t in targets]
-        if any(u is None for u in used):
-            return "n/a"
-        requests = sum(t.result.requests for t in targets)
-        return f"{1000 * sum(u for u in used if u is not None) / requests:.3f} ms" if requests else "n/a"
+        ms = cpu_ms_per_request(targets, seconds)
+        return "n/a" if ms is None else f"{ms:.3f} ms"
 
     lines += [
         "",

@@ -67,7 +67,7 @@ class IssuedToken:
 
 def rate_limited(endpoint: str, limits: LimitDecision) -> RateLimited:
     tightest = limits.tightest()
-    RATE_LIMITED.labels(endpoint, tightest.policy if tightest else "").inc()
+    child(RATE_LIMITED, endpoint, tightest.policy if tightest else "").inc()
     return RateLimited(
         f"too many requests; retry in {max(1, limits.retry_after)} s",
         headers=rate_limit_headers(limits),
@@ -242,7 +242,7 @@ class TokenIssuer:
         _refuse_if_limited("refresh", rotation.limits)
         family = rotation.family
         if rotation.outcome == "reused" and family is not None:
-            FAMILIES_REVOKED.labels("reuse").inc()
+            child(FAMILIES_REVOKED, "reuse").inc()
             audit.warning(
                 "refresh token reuse detected: family revoked",
                 extra={
@@ -285,7 +285,7 @@ class TokenIssuer:
         revocation = self.store.revoke(buckets, token.tag, token.family_id, token.digest)
         _refuse_if_limited("revoke", revocation.limits)
         if revocation.revoked and revocation.family is not None:
-            FAMILIES_REVOKED.labels("revoke").inc()
+            child(FAMILIES_REVOKED, "revoke").inc()
             audit.info(
                 "refresh family revoked",
                 extra={

@@ -86,7 +86,7 @@ def record_denial(endpoint: str, err: ServiceError, client_ip: str | None) -> No
     """Audit line and metric for a refused request (called wherever a problem is rendered)."""
     if endpoint == "unmatched":
         return
-    DENIALS.labels(endpoint, err.type).inc()
+    child(DENIALS, endpoint, err.type).inc()
     audit.info(
         "request denied",
         extra={
