@@ -118,6 +118,9 @@ def test_signature_rules_agree_with_pyjwt(tmp_path: Path) -> None:
         "padded signature": f"{head}.{body}.{sig}==",
         "junk in signature": f"{head}.{body}.{sig[:-4]}!!!!",
         "short signature": f"{head}.{body}.{sig[:40]}",
+        # 256 bytes end in one byte: its last character's low 4 bits are unused, and must be zero.
+        "non-canonical signature": f"{head}.{body}.{sig[:-1]}{chr(ord(sig[-1]) + 1)}",
+        "standard alphabet": f"{head}.{body}.{sig.replace('-', '+').replace('_', '/')}",
         "other payload": f"{head}.{jwt.utils.base64url_encode(b'{}').decode()}.{sig}",
     }
     public = private_key(rsa(keys)).public_key()  # the key the tokens are signed with

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -50,3 +51,68 @@ def test_request_id_is_on_every_line_of_the_request() -> None:
     finally:
         request_id_var.reset(token)
     assert json.loads(JsonFormatter().format(record))["request_id"] == "req-123"
+
+
+@contextmanager
+def _batching(path, interval: float = 60.0):
+    """A batching handler writing to ``path``; closed (pending lines written) on the way out."""
+    from token_service.logs import BatchingStreamHandler
+
+    with open(path, "w", encoding="utf-8") as stream:
+        handler = BatchingStreamHandler(stream, interval)
+        handler.setFormatter(JsonFormatter())
+        try:
+            yield handler
+        finally:
+            handler.close()  # as logging.shutdown does at a normal exit
+
+
+def _emit(handler, msg: str, level: int = logging.INFO) -> None:
+    handler.handle(logging.LogRecord("token_service.audit", level, "(unknown file)", 0, msg, None, None))
+
+
+def _messages(path) -> list[str]:
+    return [json.loads(text)["msg"] for text in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_batched_lines_wait_for_a_warning_or_a_flush_and_keep_their_order(tmp_path) -> None:
+    path = tmp_path / "log"
+    with _batching(path) as handler:
+        _emit(handler, "issued 1")
+        _emit(handler, "issued 2")
+        assert _messages(path) == []  # held: the interval (60 s) has not passed
+        _emit(handler, "reuse detected", logging.WARNING)
+        assert _messages(path) == ["issued 1", "issued 2", "reuse detected"]  # a warning goes at once
+        _emit(handler, "issued 3")
+        handler.flush()
+        assert _messages(path) == ["issued 1", "issued 2", "reuse detected", "issued 3"]
+        _emit(handler, "issued 4")
+    assert _messages(path)[-1] == "issued 4"  # closing wrote what was pending
+
+
+def test_batched_lines_are_written_within_the_interval(tmp_path) -> None:
+    import time
+
+    path = tmp_path / "log"
+    with _batching(path, interval=0.05) as handler:
+        _emit(handler, "issued")
+        deadline = time.monotonic() + 10  # a bound for a loaded machine, not a speed check
+        while _messages(path) != ["issued"]:
+            assert time.monotonic() < deadline, "the flusher thread never wrote the line"
+            time.sleep(0.01)
+
+
+def test_a_forked_worker_does_not_write_its_parents_pending_lines_again(tmp_path) -> None:
+    import os
+
+    path = tmp_path / "log"
+    with _batching(path) as handler:
+        _emit(handler, "parent, before the fork")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, as a gunicorn worker forked from the master
+            try:
+                _emit(handler, "child", logging.WARNING)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    assert sorted(_messages(path)) == ["child", "parent, before the fork"]

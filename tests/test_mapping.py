@@ -94,6 +94,35 @@ def test_whitespace_and_control_characters_are_rejected(value: str) -> None:
         derive_identity({"sub": value}, IdentityPolicy(source="{sub}"))
 
 
+def test_every_ascii_character_is_judged_as_the_unicode_rule_judges_it() -> None:
+    """ASCII identities take a one-regex shortcut; it must refuse exactly what the per-character
+    rule (whitespace, or category Cc, Cf, Cs, Zl, Zp, Zs) refuses."""
+    import unicodedata
+
+    policy = IdentityPolicy(source="{sub}", reserved="percent-encode")
+    for code in range(128):
+        ch = chr(code)
+        refused = ch.isspace() or unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"}
+        try:
+            derive_identity({"sub": f"a{ch}b"}, policy)
+        except InvalidIdentity as exc:
+            assert refused and "whitespace or a control" in str(exc), repr(ch)
+        else:
+            assert not refused, repr(ch)
+
+
+def test_templates_with_several_claims_and_literals() -> None:
+    policy = IdentityPolicy(source="tenant-{org.id}:{sub}!", reserved="allow", allowed_reserved=frozenset(":!"))
+    assert derive_identity({"org": {"id": 7}, "sub": "u1"}, policy) == "tenant-7:u1!"
+    with pytest.raises(InvalidIdentity, match="'org.id'"):
+        derive_identity({"sub": "u1"}, policy)
+
+
+def test_every_reserved_character_allowed() -> None:
+    policy = IdentityPolicy(source="{sub}", reserved="allow", allowed_reserved=frozenset(RESERVED_CHARACTERS))
+    assert derive_identity({"sub": RESERVED_CHARACTERS}, policy) == RESERVED_CHARACTERS
+
+
 def test_length_limit_counts_prefix_and_encoding() -> None:
     policy = IdentityPolicy(source="{sub}", prefix="p-", max_length=10)
     assert derive_identity({"sub": "x" * 8}, policy) == "p-" + "x" * 8

@@ -5,13 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devidp.harness import DevIdP
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer, make_tls_files
 from tests.support import RunningService, config_dict, forge, id_claims, post_refresh, post_revoke, problem, running
+from token_service.store.base import Bucket, StoreUnavailable
+from token_service.store.redis import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +176,56 @@ def test_redis_killed_then_restarted(idp: DevIdP, rsa_key: dict) -> None:
                 assert time.monotonic() < deadline, "service did not recover after Redis came back"
                 time.sleep(0.2)
             assert svc.get("/readyz").json()["store"]["ok"] is True
+
+
+def _bucket() -> Bucket:
+    return Bucket("ip", "-", "ip:192.0.2.1", 10, 3600)  # one hit back per 6 minutes: none in a test
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_redis_that_stops_answering_is_cut_off_by_the_socket_timeout(tmp_path: Path, tls: bool) -> None:
+    """The request path's connection (plain: blocking, with kernel timeouts; TLS: redis-py's) gives
+    up after ``socket_timeout``, and works again on a fresh connection once Redis answers."""
+    with (
+        RedisServer(tls=make_tls_files(tmp_path) if tls else None) as server,
+        _store_and_admin(server, socket_timeout=0.3, socket_connect_timeout=0.3) as (store, admin),
+    ):
+        admin.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="TimeoutError"):
+            store.hit([_bucket()])
+        # Ended by the 0.3 s timeout, not by the end of the 5 s pause (a bound, not a speed check).
+        assert time.monotonic() - started < 4
+        admin.execute_command("CLIENT", "UNPAUSE")
+        decision = store.hit([_bucket()])
+        # The abandoned call ran or not, as Redis saw its connection close: never twice.
+        assert decision.allowed and decision.states[0].remaining in (7, 8)
+
+
+@contextmanager
+def _store_and_admin(server: RedisServer, **client: object) -> Iterator[tuple[RedisStore, Any]]:
+    """A store on ``server`` (its client options ``client``) and an admin client; both closed after."""
+    store = RedisStore(server.client(decode_responses=True, **client))
+    admin = server.client(decode_responses=True)
+    try:
+        admin.flushall()
+        assert store.hit([_bucket()]).allowed  # this thread's connection is up
+        yield store, admin
+    finally:
+        store.close()
+        admin.close()
+
+
+def test_a_connection_redis_dropped_is_replaced_without_an_error(redis_server: RedisServer) -> None:
+    with _store_and_admin(redis_server) as (store, admin):
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        assert store.hit([_bucket()]).states[0].remaining == 8  # retried once, on a new connection
+
+
+def test_a_script_redis_forgot_is_loaded_again(redis_server: RedisServer) -> None:
+    with _store_and_admin(redis_server) as (store, admin):
+        admin.script_flush()
+        assert store.hit([_bucket()]).states[0].remaining == 8
 
 
 def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rsa_key: dict) -> None:

@@ -174,7 +174,7 @@ def serve(args: argparse.Namespace) -> int:
     from token_service.app import create_app
     from token_service.logs import configure_logging
 
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.flush_interval)
     app = create_app(settings)
 
     class Server(BaseApplication):  # type: ignore[misc]

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
+import weakref
 from contextvars import ContextVar
+from typing import TextIO
 
 import orjson
+
+from token_service.pid import current_pid
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -56,6 +62,8 @@ _base_factory = logging.getLogRecordFactory()
 def _record_with_request_id(*args: object, **kwargs: object) -> logging.LogRecord:
     record = _base_factory(*args, **kwargs)  # type: ignore[arg-type]
     record.request_id = request_id_var.get()
+    if record.process is None:  # configure_logging() turned the system call off: same value, from memory
+        record.process = current_pid()
     return record
 
 
@@ -65,18 +73,88 @@ def install_request_ids() -> None:
         logging.setLogRecordFactory(_record_with_request_id)
 
 
-def configure_logging(level: str = "INFO") -> None:
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines written in batches: at most ``interval`` seconds late, warnings and errors at once.
+
+    Why: each write is a system call that releases the GIL, and under gunicorn's threads every
+    release on the request path is a hand-off to another thread and back. A token request writes
+    an audit line, so one write per request cost more CPU than the line itself (``make bench``,
+    README). Batched, a busy worker writes a few times a second. What a batch risks: a worker
+    killed outright (SIGKILL) loses at most ``interval`` seconds of info lines; a normal exit
+    flushes (``logging.shutdown``), and a warning (a refresh token reused) is written at once,
+    with everything before it. nginx's buffered ``access_log ... flush=`` makes the same trade.
+    """
+
+    MAX_PENDING = 1000  # lines: a burst is written before it grows large
+
+    def __init__(self, stream: TextIO, interval: float) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self._pending: list[str] = []
+        self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
+        handler = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (h := handler()) is not None and h._forget_parent())
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent writes its own pending lines, and its flusher is not here."""
+        self._pending = []
+        self._flusher = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # handle() holds self.lock around emit(), so the list is only touched under the lock.
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - logging must not raise into the request
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or len(self._pending) >= self.MAX_PENDING:
+            self._write_pending()
+        elif self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_periodically, name="log-flusher", daemon=True)
+            self._flusher.start()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self.stream.write("".join(lines))
+        self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
+def configure_logging(level: str = "INFO", flush_interval: float = 0.0) -> None:
     """Send JSON lines to stderr (where gunicorn and containers collect them).
 
-    No line here or in gunicorn's own log names its caller, thread or multiprocessing process, so
-    records skip looking them up (a stack walk and two lookups on every line; the switches of the
-    logging HOWTO's "Optimization" section). The process id stays: gunicorn's lines print it.
+    With ``flush_interval`` > 0 they are written in batches (``BatchingStreamHandler``); with 0,
+    each line at once. No line here or in gunicorn's own log names its caller, thread or
+    multiprocessing process, so records skip looking them up (a stack walk and two lookups on every
+    line; the switches of the logging HOWTO's "Optimization" section). The process id stays, as
+    gunicorn's lines print it, but from ``pid.current_pid()`` rather than a system call per record.
     """
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    logging.logProcesses = False  # the record factory fills the process id in from memory instead
+    install_request_ids()
+    handler = (
+        BatchingStreamHandler(sys.stderr, flush_interval) if flush_interval > 0 else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, BatchingStreamHandler):
+            old.close()  # its pending lines, and its flusher thread
     root.handlers[:] = [handler]
     root.setLevel(level)

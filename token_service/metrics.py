@@ -23,11 +23,21 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from token_service.pid import current_pid
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+if values.ValueClass is not values.MutexValue:
+    # Multiprocess mode checks the process id on every update, to notice a fork: with the library's
+    # default (os.getpid) that is a system call per sample, several per request. current_pid() gives
+    # the same answer from memory; MultiProcessValue takes it for this purpose. Every metric below
+    # has labels, so no value exists before this line.
+    values.ValueClass = values.MultiProcessValue(process_identifier=current_pid)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 

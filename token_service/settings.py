@@ -377,6 +377,9 @@ class LoggingSettings(_Section):
     # One line per request (method, path, status, duration). The gateway usually logs these
     # already, and each line costs CPU on the hot path, so it is opt-in.
     access_log: bool = False
+    # Lines are written in batches, at most this many seconds late (warnings and errors at once);
+    # 0 writes every line as it happens. See logs.BatchingStreamHandler for what each costs.
+    flush_interval: float = Field(0.25, ge=0, le=5)
 
 
 class Secrets(BaseModel):

@@ -11,7 +11,6 @@ id, problem+json errors (``api/errors.py``), CORS (``api/cors.py``), metrics and
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -72,7 +71,7 @@ class Request:
         if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
             raise InvalidRequest("the body must be JSON (Content-Type: application/json) or a form")
         try:
-            body = json.loads(data)
+            body = orjson.loads(data)  # RFC 8259: UTF-8 only; NaN, Infinity and lone surrogates refused
         except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):

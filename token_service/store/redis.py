@@ -11,7 +11,9 @@ before (two round trips there; one on standalone and Sentinel). Redis errors bec
 from __future__ import annotations
 
 import logging
-import os
+import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from token_service.pid import current_pid
 from token_service.store.base import (
     Bucket,
     BucketState,
@@ -66,16 +69,93 @@ def _meta(family: Family) -> str:
     return orjson.dumps({k: getattr(family, k) for k in _FAMILY_FIELDS}).decode()
 
 
+_READ_SIZE = 65536
+
+
+def _blocking_socket(connection: Any) -> socket.socket | None:
+    """The connection's plain socket, made blocking with its timeouts kept by the kernel; None for TLS.
+
+    A socket with a Python-level timeout polls before every send and every receive, and each of
+    those calls releases the GIL: under gunicorn's threads, a hand-off to another thread and back.
+    Blocking calls bounded by ``SO_SNDTIMEO``/``SO_RCVTIMEO`` make one system call each, and a
+    timeout still ends them (``EAGAIN``). TLS sockets keep redis-py's own path.
+    """
+    sock = getattr(connection, "_sock", None)
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return None
+    timeout = connection.socket_timeout
+    if timeout:
+        whole = int(timeout)
+        micros = max(1, round((timeout - whole) * 1_000_000)) if timeout > whole else 0  # 0 s 0 µs: none
+        timeval = struct.pack("ll", whole, micros)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
+    return sock
+
+
+def _reply(reply: Any) -> Any:
+    """A hiredis reply, with an error reply raised as redis-py would raise it."""
+    if isinstance(reply, hiredis.ReplyError):
+        message = str(reply)
+        if message.startswith("NOSCRIPT"):
+            raise redis.exceptions.NoScriptError(message)
+        raise redis.ResponseError(message)
+    return reply
+
+
+class _ThreadConnection:
+    """One thread's connection to Redis, and its round trip: send one command, read one reply."""
+
+    def __init__(self, pool: Any) -> None:
+        # The pool's class and options: TLS, ACL user, Sentinel master lookup, timeouts.
+        self.connection = pool.connection_class(**pool.connection_kwargs)
+        encoder = self.connection.encoder
+        self._encoding = encoder.encoding if encoder.decode_responses else None
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+
+    def round_trip(self, packed: bytes) -> Any:
+        connection = self.connection
+        if not connection.is_connected:
+            # Through connect(): a Sentinel-managed connection looks the master up there.
+            connection.connect()
+            self._sock = _blocking_socket(connection)
+            self._reader = hiredis.Reader(encoding=self._encoding) if self._sock is not None else None
+        sock, reader = self._sock, self._reader
+        if sock is None:  # TLS
+            connection.send_packed_command([packed], check_health=False)
+            return connection.read_response()
+        try:
+            sock.sendall(packed)
+            reply = reader.gets()
+            while reply is False:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise redis.ConnectionError("Redis closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
+        except BlockingIOError:  # SO_SNDTIMEO / SO_RCVTIMEO ran out
+            raise redis.TimeoutError("Timeout talking to Redis") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error talking to Redis: {exc}") from None
+        return _reply(reply)
+
+    def disconnect(self) -> None:
+        self.connection.disconnect()
+        self._sock = self._reader = None  # a half-read reply goes with them
+
+
 class PinnedScripts:
     """``EVALSHA`` over a connection of the calling thread's own: the request path's round trip.
 
     redis-py's generic command path (pool checkout and return, retry wrapper, command lookup)
     costs more CPU than the round trip itself, on every request. A connection that belongs to one
-    thread needs none of it. Connections are made with the pool's own class and options (TLS, ACL
-    user, Sentinel master lookup, timeouts), are made again after a fork (gunicorn preloads the app),
-    and close when their thread ends. The failure policy is the client's: a dropped connection is
-    retried once on a fresh one, a timeout is not (the script may have run); a script Redis has
-    forgotten (a restart) is loaded again.
+    thread needs none of it: the command is packed by hiredis, sent with one ``sendall`` and its
+    reply parsed by a hiredis reader (see ``_blocking_socket``). Connections are made again after a
+    fork (gunicorn preloads the app), and close when their thread ends. The failure policy is the
+    client's: a dropped connection is retried once on a fresh one, a timeout is not (the script may
+    have run); a script Redis has forgotten (a restart) is loaded again.
     """
 
     def __init__(self, client: Any, scripts: dict[str, Script]) -> None:
@@ -84,26 +164,22 @@ class PinnedScripts:
         self._scripts = scripts  # redis-py's registered scripts: their SHA1 and their source
         self._local = threading.local()
 
-    def _connection(self) -> Any:
+    def _connection(self) -> _ThreadConnection:
         local = self._local
-        pid = os.getpid()
+        pid = current_pid()
         if getattr(local, "pid", None) != pid:
-            local.connection = self._pool.connection_class(**self._pool.connection_kwargs)
+            local.connection = _ThreadConnection(self._pool)
             local.pid = pid
-        return local.connection
+        return local.connection  # type: ignore[no-any-return]
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         connection = self._connection()
         # hiredis packs str and int arguments itself, in C (redis-py would re-encode each first).
         script = self._scripts[name]
-        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
+        packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         for attempt in (1, 2):
             try:
-                if not connection.is_connected:
-                    # Through connect(): a Sentinel-managed connection looks the master up there.
-                    connection.connect()
-                connection.send_packed_command(packed, check_health=False)
-                return connection.read_response()
+                return connection.round_trip(packed)
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise

@@ -12,9 +12,9 @@ import base64
 import binascii
 import hashlib
 import re
-import secrets
 from dataclasses import dataclass
 
+from token_service.entropy import token_bytes, token_hex
 from token_service.errors import InvalidGrant
 
 PREFIX = "rt1."
@@ -44,11 +44,11 @@ def identity_tag(identity: str) -> str:
 
 
 def new_family_id() -> str:
-    return secrets.token_hex(_FAMILY_BYTES)
+    return token_hex(_FAMILY_BYTES)
 
 
 def mint_refresh_token(tag: str, family_id: str) -> RefreshToken:
-    raw = bytes.fromhex(tag) + bytes.fromhex(family_id) + secrets.token_bytes(_SECRET_BYTES)
+    raw = bytes.fromhex(tag) + bytes.fromhex(family_id) + token_bytes(_SECRET_BYTES)
     value = PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
     return RefreshToken(value=value, tag=tag, family_id=family_id)
 
