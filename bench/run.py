@@ -39,7 +39,8 @@ a broken refresh chain or a server that does not start exits 1. Everything it st
 node, redis) is stopped on exit, Ctrl-C and errors included; temporary files live under /tmp.
 
 Environment (defaults in brackets):
-    TOKEN_SERVICE_WORKERS [2], TOKEN_SERVICE_THREADS [4]  gunicorn workers and threads, for every server
+    TOKEN_SERVICE_WORKERS, TOKEN_SERVICE_THREADS          gunicorn workers and threads, for every server
+                                                          [deploy/gunicorn.conf.py's own: cores + 1, 4]
     WRK_THREADS [2], WRK_CONNECTIONS [32]                 wrk -t and -c
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_TIMEOUT [2s] measured run, warm-up per target (0: none), -timeout
     BENCH_ROUNDS [3]                                      rounds of the four measurements (warm-up in the first)
@@ -54,6 +55,7 @@ import dataclasses
 import os
 import re
 import resource
+import runpy
 import secrets
 import shutil
 import signal
@@ -164,6 +166,27 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class GunicornDefaults:
+    workers: int
+    threads: int
+
+
+def shipped_gunicorn() -> GunicornDefaults:
+    """The workers and threads ``deploy/gunicorn.conf.py`` itself gives on this machine.
+
+    Read from the file, without the ``TOKEN_SERVICE_*`` variables that override it: the bench
+    measures what ships (on 2 cores, 3 workers of 4 threads) unless told otherwise.
+    """
+    saved = {name: os.environ.pop(name) for name in ("TOKEN_SERVICE_WORKERS", "TOKEN_SERVICE_THREADS")
+             if name in os.environ}
+    try:
+        conf = runpy.run_path(str(GUNICORN_CONF))
+    finally:
+        os.environ.update(saved)
+    return GunicornDefaults(workers=int(conf["workers"]), threads=int(conf["threads"]))
+
+
+@dataclass(frozen=True)
 class Settings:
     """One set of server and load settings, applied to every target so the ratios compare like with like."""
 
@@ -180,9 +203,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        shipped = shipped_gunicorn()
         settings = cls(
-            workers=_positive(env, "TOKEN_SERVICE_WORKERS", 2),
-            threads=_positive(env, "TOKEN_SERVICE_THREADS", 4),
+            workers=_positive(env, "TOKEN_SERVICE_WORKERS", shipped.workers),
+            threads=_positive(env, "TOKEN_SERVICE_THREADS", shipped.threads),
             wrk_threads=_positive(env, "WRK_THREADS", 2),
             connections=_positive(env, "WRK_CONNECTIONS", 32),
             duration=_seconds(env.get("WRK_DURATION", "10s"), "WRK_DURATION"),

@@ -116,3 +116,42 @@ def test_a_forked_worker_does_not_write_its_parents_pending_lines_again(tmp_path
                 os._exit(0)
         os.waitpid(pid, 0)
     assert sorted(_messages(path)) == ["child", "parent, before the fork"]
+
+
+def test_audit_lines_written_directly_match_those_written_through_logging(tmp_path) -> None:
+    """``AuditLog`` skips the log record when the batching handler is the only destination; the
+    line must be the one ``logging`` and ``JsonFormatter`` would have written (the time aside)."""
+    from token_service.logs import AuditLog, install_request_ids
+
+    install_request_ids()
+    audit = AuditLog("token_service.audit")
+    fields = {"event": "token_refreshed", "identity": "zoë@example.com", "grace": False, "skipped": None}
+    root = logging.getLogger()
+    saved, saved_level = root.handlers[:], root.level
+    token = request_id_var.set("req-9")
+    path = tmp_path / "log"
+    try:
+        with _batching(path) as handler:
+            records: list[logging.LogRecord] = []
+            handler.addFilter(lambda record: records.append(record) or True)  # sees records only
+            root.handlers[:] = [handler]  # as configure_logging() leaves it: the direct path
+            root.setLevel(logging.INFO)
+            audit.info("token refreshed", extra=fields)
+            audit.warning("refresh token reuse detected", extra=fields)
+            assert records == []  # no log record was made
+            root.handlers.append(logging.NullHandler())  # another destination: through logging
+            audit.info("token refreshed", extra=fields)
+            audit.warning("refresh token reuse detected", extra=fields)
+            assert len(records) == 2
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(saved_level)
+        request_id_var.reset(token)
+    lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        assert line.pop("ts").endswith("Z")
+    direct, through_logging = lines[:2], lines[2:]
+    assert direct == through_logging
+    keys = ["level", "logger", "msg", "request_id", "event", "identity", "grace"]
+    assert [list(line) for line in direct] == [keys, keys]
+    assert direct[1]["level"] == "warning" and direct[0]["identity"] == "zoë@example.com"

@@ -7,13 +7,13 @@ check and the family write (or rotation, or revocation) happen in the same atomi
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
 from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
 from token_service.conversations import SyncSettings, UserSync
 from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
+from token_service.logs import AuditLog
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
 from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, child, current_month
 from token_service.ratelimit import RateLimiter, rate_limit_headers
@@ -27,7 +27,7 @@ from token_service.tokens.refresh import (
     parse_refresh_token,
 )
 
-audit = logging.getLogger("token_service.audit")
+audit = AuditLog("token_service.audit")
 
 KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
 INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"

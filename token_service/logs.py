@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from contextvars import ContextVar
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -24,20 +24,32 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted: most lines share it
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    global _second
+    seconds = int(created)
+    cached, text = _second
+    if cached != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, text)
+    return f"{text}.{int(msecs):03d}Z"
+
+
+def _dumps(line: dict[str, Any]) -> str:
+    # orjson: several times faster than json on a line every request writes. Anything else is
+    # written as str(); what orjson refuses outright (integers past 64 bits) goes through json.
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except TypeError:
+        return json.dumps(line, default=str)
+
+
 class JsonFormatter(logging.Formatter):
-    _second: tuple[int, str] = (-1, "")  # the last second formatted: most lines share it
-
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        seconds = int(record.created)
-        cached, text = self._second
-        if cached != seconds:
-            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            self._second = (seconds, text)
-        return f"{text}.{int(record.msecs):03d}Z"
-
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": self._timestamp(record),
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -48,12 +60,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             line["exc"] = self.formatException(record.exc_info)
-        # orjson: several times faster than json on a line every request writes. Anything else is
-        # written as str(); what orjson refuses outright (integers past 64 bits) goes through json.
-        try:
-            return orjson.dumps(line, default=str).decode()
-        except TypeError:
-            return json.dumps(line, default=str)
+        return _dumps(line)
 
 
 _base_factory = logging.getLogRecordFactory()
@@ -104,11 +111,20 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         # handle() holds self.lock around emit(), so the list is only touched under the lock.
         try:
-            self._pending.append(self.format(record) + self.terminator)
+            line = self.format(record)
         except Exception:  # noqa: BLE001 - logging must not raise into the request
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING or len(self._pending) >= self.MAX_PENDING:
+        self._add(line, record.levelno)
+
+    def add_line(self, line: str, level: int) -> None:
+        """A line formatted elsewhere (``AuditLog``), batched like any record's."""
+        with self.lock:  # type: ignore[union-attr]
+            self._add(line, level)
+
+    def _add(self, line: str, level: int) -> None:
+        self._pending.append(line + self.terminator)
+        if level >= logging.WARNING or len(self._pending) >= self.MAX_PENDING:
             self._write_pending()
         elif self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_periodically, name="log-flusher", daemon=True)
@@ -158,3 +174,48 @@ def configure_logging(level: str = "INFO", flush_interval: float = 0.0) -> None:
             old.close()  # its pending lines, and its flusher thread
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class AuditLog:
+    """``token_service.audit``: the security events, one JSON line each, on the request path.
+
+    Why not ``Logger.info(extra=...)`` alone: a log record (its attributes, the handler chain, the
+    formatter's walk over them) costs more CPU than anything else a refresh does in Python besides
+    the store call. When the service's own batching handler is the only place lines go (as
+    ``configure_logging`` sets it up), the line is built here from the fields instead: the same JSON
+    keys a ``JsonFormatter`` writes. Otherwise (another handler anywhere, as pytest's ``caplog``
+    adds) the event goes through ``logging`` as usual.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(name)
+
+    def info(self, msg: str, *, extra: dict[str, Any]) -> None:
+        self._log(logging.INFO, msg, extra)
+
+    def warning(self, msg: str, *, extra: dict[str, Any]) -> None:
+        self._log(logging.WARNING, msg, extra)
+
+    def _log(self, level: int, msg: str, fields: dict[str, Any]) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(level):
+            return
+        handlers = logging.root.handlers
+        direct = handlers[0] if len(handlers) == 1 else None
+        if not isinstance(direct, BatchingStreamHandler) or logger.handlers or not logger.propagate:
+            logger.log(level, msg, extra=fields)
+            return
+        now = time.time()
+        line: dict[str, Any] = {
+            "ts": _timestamp(now, (now - int(now)) * 1000),
+            "level": logging.getLevelName(level).lower(),
+            "logger": logger.name,
+            "msg": msg,
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            line["request_id"] = request_id
+        for key, value in fields.items():
+            if value is not None:
+                line[key] = value
+        direct.add_line(_dumps(line), level)

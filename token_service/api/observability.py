@@ -17,12 +17,12 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 
 from token_service.entropy import token_hex
 from token_service.errors import ServiceError
-from token_service.logs import request_id_var
+from token_service.logs import AuditLog, request_id_var
 from token_service.metrics import DENIALS, HTTP_DURATION, HTTP_REQUESTS, ActiveIdentities, child, render
 from token_service.store.base import StoreUnavailable
 
 access = logging.getLogger("token_service.access")
-audit = logging.getLogger("token_service.audit")
+audit = AuditLog("token_service.audit")
 bp = Blueprint("observability", __name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
