@@ -155,3 +155,10 @@ def test_audit_lines_written_directly_match_those_written_through_logging(tmp_pa
     keys = ["level", "logger", "msg", "request_id", "event", "identity", "grace"]
     assert [list(line) for line in direct] == [keys, keys]
     assert direct[1]["level"] == "warning" and direct[0]["identity"] == "zoë@example.com"
+
+
+def test_a_broken_log_stream_loses_lines_but_never_raises(tmp_path) -> None:
+    with _batching(tmp_path / "log") as handler:
+        handler.stream.close()  # as a closed stderr pipe would be
+        _emit(handler, "reuse detected", logging.WARNING)  # written at once: into a closed stream
+        handler.add_line('{"msg": "direct"}', logging.WARNING)

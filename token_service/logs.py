@@ -104,9 +104,11 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         os.register_at_fork(after_in_child=lambda: (h := handler()) is not None and h._forget_parent())
 
     def _forget_parent(self) -> None:
-        """In a forked child: the parent writes its own pending lines, and its flusher is not here."""
+        """In a forked child: the parent writes its own pending lines, and its flusher is not here
+        (nor, perhaps, the event's lock it held mid-wait at the fork)."""
         self._pending = []
         self._flusher = None
+        self._closed = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         # handle() holds self.lock around emit(), so the list is only touched under the lock.
@@ -131,10 +133,13 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._flusher.start()
 
     def _write_pending(self) -> None:
-        if self._pending:
-            lines, self._pending = self._pending, []
-            self.stream.write("".join(lines))
-        self.stream.flush()
+        lines, self._pending = self._pending, []
+        try:
+            if lines:
+                self.stream.write("".join(lines))
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: the lines are lost, never the request
+            pass
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
