@@ -165,13 +165,7 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class GunicornDefaults:
-    workers: int
-    threads: int
-
-
-def shipped_gunicorn() -> GunicornDefaults:
+def shipped_gunicorn() -> tuple[int, int]:
     """The workers and threads ``deploy/gunicorn.conf.py`` itself gives on this machine.
 
     Read from the file, without the ``TOKEN_SERVICE_*`` variables that override it: the bench
@@ -183,7 +177,7 @@ def shipped_gunicorn() -> GunicornDefaults:
         conf = runpy.run_path(str(GUNICORN_CONF))
     finally:
         os.environ.update(saved)
-    return GunicornDefaults(workers=int(conf["workers"]), threads=int(conf["threads"]))
+    return int(conf["workers"]), int(conf["threads"])
 
 
 @dataclass(frozen=True)
@@ -203,10 +197,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        shipped = shipped_gunicorn()
+        workers, threads = shipped_gunicorn()
         settings = cls(
-            workers=_positive(env, "TOKEN_SERVICE_WORKERS", shipped.workers),
-            threads=_positive(env, "TOKEN_SERVICE_THREADS", shipped.threads),
+            workers=_positive(env, "TOKEN_SERVICE_WORKERS", workers),
+            threads=_positive(env, "TOKEN_SERVICE_THREADS", threads),
             wrk_threads=_positive(env, "WRK_THREADS", 2),
             connections=_positive(env, "WRK_CONNECTIONS", 32),
             duration=_seconds(env.get("WRK_DURATION", "10s"), "WRK_DURATION"),

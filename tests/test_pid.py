@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tests.support import in_forked_child
 from token_service.logs import install_request_ids
 from token_service.pid import current_pid
 
@@ -18,19 +19,8 @@ def test_current_pid_is_this_process() -> None:
 
 
 def test_a_forked_child_sees_its_own_pid() -> None:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child, as a gunicorn worker forked from the master
-        try:
-            os.write(write_end, f"{current_pid()} {os.getpid()}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        os.waitpid(pid, 0)
-        seen, actual = os.read(read_end, 64).decode().split()
-    finally:
-        os.close(read_end)
+    pid, said = in_forked_child(lambda: f"{current_pid()} {os.getpid()}".encode())
+    seen, actual = said.decode().split()
     assert int(seen) == int(actual) == pid != os.getpid()
 
 

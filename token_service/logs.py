@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any, TextIO
 
@@ -46,17 +47,20 @@ def _dumps(line: dict[str, Any]) -> str:
         return json.dumps(line, default=str)
 
 
+def _json_line(ts: str, level: str, logger: str, msg: str, fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """One log line's object: time, level, logger and message, then every field that has a value."""
+    line = {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
+    for key, value in fields:
+        if value is not None:
+            line[key] = value
+    return line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": _timestamp(record.created, record.msecs),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_") and value is not None:
-                line[key] = value
+        extras = ((k, v) for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
+        line = _json_line(_timestamp(record.created, record.msecs), record.levelname, record.name,
+                          record.getMessage(), extras)
         if record.exc_info:
             line["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             line["exc"] = self.formatException(record.exc_info)
@@ -211,16 +215,7 @@ class AuditLog:
             logger.log(level, msg, extra=fields)
             return
         now = time.time()
-        line: dict[str, Any] = {
-            "ts": _timestamp(now, (now - int(now)) * 1000),
-            "level": logging.getLevelName(level).lower(),
-            "logger": logger.name,
-            "msg": msg,
-        }
-        request_id = request_id_var.get()
-        if request_id is not None:
-            line["request_id"] = request_id
-        for key, value in fields.items():
-            if value is not None:
-                line[key] = value
+        # The record factory puts request_id first among a record's own fields: the same order here.
+        line = _json_line(_timestamp(now, (now - int(now)) * 1000), logging.getLevelName(level), logger.name, msg,
+                          (("request_id", request_id_var.get()), *fields.items()))
         direct.add_line(_dumps(line), level)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import hiredis
 import orjson
 import redis
+from redis._parsers import BaseParser
 from redis.commands.core import Script
 
 from token_service.pid import current_pid
@@ -94,16 +95,6 @@ def _blocking_socket(connection: Any) -> socket.socket | None:
     return sock
 
 
-def _reply(reply: Any) -> Any:
-    """A hiredis reply, with an error reply raised as redis-py would raise it."""
-    if isinstance(reply, hiredis.ReplyError):
-        message = str(reply)
-        if message.startswith("NOSCRIPT"):
-            raise redis.exceptions.NoScriptError(message)
-        raise redis.ResponseError(message)
-    return reply
-
-
 class _ThreadConnection:
     """One thread's connection to Redis, and its round trip: send one command, read one reply."""
 
@@ -111,7 +102,15 @@ class _ThreadConnection:
         # The pool's class and options: TLS, ACL user, Sentinel master lookup, timeouts.
         self.connection = pool.connection_class(**pool.connection_kwargs)
         encoder = self.connection.encoder
-        self._encoding = encoder.encoding if encoder.decode_responses else None
+        # As redis-py sets up its own hiredis reader: its error classes (NOSCRIPT -> NoScriptError,
+        # READONLY, ...) and the client's decoding.
+        self._reader_options: dict[str, Any] = {
+            "protocolError": redis.exceptions.InvalidResponse,
+            "replyError": BaseParser.parse_error,
+            "errors": encoder.encoding_errors,
+        }
+        if encoder.decode_responses:
+            self._reader_options["encoding"] = encoder.encoding
         self._sock: socket.socket | None = None
         self._reader: Any = None
 
@@ -121,14 +120,14 @@ class _ThreadConnection:
             # Through connect(): a Sentinel-managed connection looks the master up there.
             connection.connect()
             self._sock = _blocking_socket(connection)
-            self._reader = hiredis.Reader(encoding=self._encoding) if self._sock is not None else None
+            self._reader = hiredis.Reader(**self._reader_options) if self._sock is not None else None
         sock, reader = self._sock, self._reader
         if sock is None:  # TLS
             connection.send_packed_command([packed], check_health=False)
             return connection.read_response()
         try:
             sock.sendall(packed)
-            reply = reader.gets()
+            reply: Any = False  # hiredis's "not a whole reply yet"
             while reply is False:
                 data = sock.recv(_READ_SIZE)
                 if not data:
@@ -139,7 +138,9 @@ class _ThreadConnection:
             raise redis.TimeoutError("Timeout talking to Redis") from None
         except OSError as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from None
-        return _reply(reply)
+        if isinstance(reply, redis.ResponseError):
+            raise reply  # as redis-py's parser raises an error reply
+        return reply
 
     def disconnect(self) -> None:
         self.connection.disconnect()
