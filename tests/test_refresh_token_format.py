@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 import pytest
 
 from token_service.errors import InvalidGrant
+from token_service.tokens.b64url import b64url
 from token_service.tokens.refresh import (
     digest,
     identity_tag,
@@ -14,6 +18,14 @@ from token_service.tokens.refresh import (
 )
 
 pytestmark = pytest.mark.unit
+
+
+def test_b64url_is_unpadded_urlsafe_base64() -> None:
+    """Every length (so every padding case), and bytes that need the URL-safe characters."""
+    for data in [os.urandom(n) for n in range(70)] + [b"\xfb\xff\xbf", b"\xff" * 10]:
+        expected = base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+        assert b64url(data) == expected
+    assert b64url(b"\xfb\xff\xbf") == "-_-_"
 
 
 def test_round_trip_and_uniqueness() -> None:

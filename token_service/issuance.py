@@ -7,7 +7,7 @@ check and the family write (or rotation, or revocation) happen in the same atomi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
 from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
@@ -56,8 +56,7 @@ def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
     )
 
 
-@dataclass(frozen=True)
-class IssuedToken:
+class IssuedToken(NamedTuple):
     access: MintedToken
     mapped: Mapped
     refresh_token: str

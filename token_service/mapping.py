@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from token_service.errors import AccessDenied, InvalidIdentity
 
@@ -58,8 +58,7 @@ class RolePolicy:
     default: str | None = None
 
 
-@dataclass(frozen=True)
-class Mapped:
+class Mapped(NamedTuple):
     identity: str
     role: str
     role_sid: str

@@ -14,7 +14,10 @@ from token_service.store.base import Bucket, LimitDecision
 class RateLimiter:
     def __init__(self, settings: RateLimitSettings) -> None:
         self.enabled = settings.enabled
-        self._policies = settings.policies
+        # Per endpoint, its policies' (name, key, limit, window): what every request reads, read once.
+        self._policies: dict[str, list[tuple[str, str, int, int]]] = {}
+        for p in settings.policies:
+            self._policies.setdefault(p.endpoint, []).append((p.name, p.key, p.limit, p.window))
 
     def buckets(
         self,
@@ -29,15 +32,13 @@ class RateLimiter:
         if not self.enabled:
             return []
         found = []
-        for p in self._policies:
-            if p.endpoint != endpoint:
-                continue
-            if p.key == "ip" and ip:
-                found.append(Bucket(p.name, "-", f"ip:{ip}", p.limit, p.window))
-            elif p.key == "identity" and tag and not ip_only:
-                found.append(Bucket(p.name, "-", tag, p.limit, p.window))
-            elif p.key == "family" and tag and family_id and not ip_only:
-                found.append(Bucket(p.name, family_id, tag, p.limit, p.window))
+        for name, key, limit, window in self._policies.get(endpoint, ()):
+            if key == "ip" and ip:
+                found.append(Bucket(name, "-", f"ip:{ip}", limit, window))
+            elif key == "identity" and tag and not ip_only:
+                found.append(Bucket(name, "-", tag, limit, window))
+            elif key == "family" and tag and family_id and not ip_only:
+                found.append(Bucket(name, family_id, tag, limit, window))
         return found
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import lru_cache, partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
@@ -98,7 +98,11 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     With ``Content-Length`` the length decides up front; a chunked body (the server says it ends
     the stream, ``wsgi.input_terminated``) is read until it ends or passes the limit.
     """
-    length = get_content_length(environ)
+    declared = environ.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and declared.isascii() and "HTTP_TRANSFER_ENCODING" not in environ:
+        length: int | None = int(declared)  # the common case, without werkzeug's general parser
+    else:
+        length = get_content_length(environ)
     if length is not None:
         if length > max_bytes:
             raise PayloadTooLarge("the request body is too large")
@@ -143,7 +147,9 @@ def refresh_token_param(body: dict[str, Any], *names: str) -> str:
     return found[0]
 
 
+@lru_cache(maxsize=1024)
 def _rfc3339(epoch: int) -> str:
+    """Cached: within a second, every answer names the same expiry times."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
@@ -195,7 +201,8 @@ class TokenApi:
             return self.fallback(environ, start_response)
         started = time.perf_counter()
         request = Request(environ)
-        request_id = request_id_for(request.header("X-Request-ID"), self.trusted_proxies)
+        trusted = self.trusted_proxies
+        request_id = request_id_for(request.header("X-Request-ID") if trusted else None, trusted)
         context = request_id_var.set(request_id)
         try:
             status, headers, body = self._answer(handler, request)

@@ -237,23 +237,30 @@ class RedisStore(Store):
             self._call(lambda: self.client.pfadd(key, tag))
 
     # -- plumbing ---------------------------------------------------------------------------
+    @staticmethod
+    def _unavailable(exc: redis.RedisError) -> StoreUnavailable:
+        log.warning("store error: %s: %s", type(exc).__name__, exc)
+        return StoreUnavailable(type(exc).__name__)
+
     def _call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except redis.RedisError as exc:
-            log.warning("store error: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(type(exc).__name__) from None
+            raise self._unavailable(exc) from None
 
     def _run(self, name: str, buckets: Sequence[Bucket], keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script: the buckets' keys and (limit, window) pairs first, then the script's own."""
         bucket_args: list[Any] = [len(buckets)]
         for b in buckets:
-            bucket_args += [b.limit, b.window]
-        all_keys = [self.bucket_key(b) for b in buckets] + list(keys)
+            bucket_args += (b.limit, b.window)
+        all_keys = [*map(self.bucket_key, buckets), *keys]
         pinned = self._pinned
-        if pinned is not None:
-            return self._call(lambda: pinned.run(name, all_keys, bucket_args + list(args)))
-        script = self._scripts[name]
-        return self._call(lambda: script(keys=all_keys, args=bucket_args + list(args)))
+        try:  # inline rather than through _call: this is every request's path
+            if pinned is not None:
+                return pinned.run(name, all_keys, [*bucket_args, *args])
+            return self._scripts[name](keys=all_keys, args=[*bucket_args, *args])
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
 
     def _limit_by_slot(self, buckets: Sequence[Bucket]) -> LimitDecision:
         """One limit script per hash tag (a Cluster slot); stop at the first refusal."""

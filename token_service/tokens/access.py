@@ -13,17 +13,18 @@ header never changes, and HS256 with a fixed header is a few lines. The tests ho
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
 
 from token_service.entropy import token_hex
+from token_service.tokens.b64url import b64url
 
 CONTENT_TYPE = "twilio-fpa;v=1"
 
@@ -38,8 +39,7 @@ class TwilioKey:
     region: str | None = None
 
 
-@dataclass(frozen=True)
-class ChatAccess:
+class ChatAccess(NamedTuple):
     """What the token grants: one identity in one Conversations service, with a role."""
 
     identity: str
@@ -48,8 +48,7 @@ class ChatAccess:
     push_credential_sid: str | None = None
 
 
-@dataclass(frozen=True)
-class MintedToken:
+class MintedToken(NamedTuple):
     jwt: str
     jti: str
     issued_at: int
@@ -66,10 +65,6 @@ def chat_grant(access: ChatAccess) -> dict[str, str]:
     return grant
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 @lru_cache(maxsize=4)
 def _keyed_hmac(secret: str) -> hmac.HMAC:
     """HMAC-SHA256 with the key already set up: copying it is cheaper than keying it per token."""
@@ -81,7 +76,7 @@ def _header_segment(region: str | None) -> str:
     header = {"alg": "HS256", "typ": "JWT", "cty": CONTENT_TYPE}
     if region:
         header["twr"] = region
-    return _b64url(json.dumps(header, separators=(",", ":")).encode())
+    return b64url(json.dumps(header, separators=(",", ":")).encode())
 
 
 def mint_access_token(
@@ -106,9 +101,9 @@ def mint_access_token(
     if include_nbf:
         claims["nbf"] = issued_at
     payload = orjson.dumps(claims)  # compact UTF-8 JSON: non-ASCII as is, not \u-escaped; same claims
-    signing_input = f"{_header_segment(key.region)}.{_b64url(payload)}"
+    signing_input = f"{_header_segment(key.region)}.{b64url(payload)}"
     mac = _keyed_hmac(key.api_key_secret).copy()
     mac.update(signing_input.encode("ascii"))
     signature = mac.digest()
-    token = f"{signing_input}.{_b64url(signature)}"
+    token = f"{signing_input}.{b64url(signature)}"
     return MintedToken(jwt=token, jti=jti, issued_at=issued_at, expires_at=issued_at + ttl)

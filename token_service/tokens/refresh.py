@@ -12,10 +12,11 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from token_service.entropy import token_bytes, token_hex
 from token_service.errors import InvalidGrant
+from token_service.tokens.b64url import b64url
 
 PREFIX = "rt1."
 _TAG_BYTES, _FAMILY_BYTES, _SECRET_BYTES = 8, 16, 32
@@ -24,8 +25,7 @@ PATTERN = r"^rt1\.[A-Za-z0-9_-]{75}$"  # also the OpenAPI description's schema o
 _SHAPE = re.compile(PATTERN)
 
 
-@dataclass(frozen=True)
-class RefreshToken:
+class RefreshToken(NamedTuple):
     value: str
     tag: str
     family_id: str
@@ -49,7 +49,7 @@ def new_family_id() -> str:
 
 def mint_refresh_token(tag: str, family_id: str) -> RefreshToken:
     raw = bytes.fromhex(tag) + bytes.fromhex(family_id) + token_bytes(_SECRET_BYTES)
-    value = PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    value = PREFIX + b64url(raw)
     return RefreshToken(value=value, tag=tag, family_id=family_id)
 
 
