@@ -52,7 +52,7 @@ function init(args)
   loaded = tail
   local placeholder = string.rep("x", TOKEN_CHARS)
   local template = wrk.format("POST", "/v1/token/refresh", headers, '{"refresh_token":"' .. placeholder .. '"}')
-  local at = select(1, string.find(template, placeholder, 1, true))
+  local at = string.find(template, placeholder, 1, true)
   before, after = string.sub(template, 1, at - 1), string.sub(template, at + TOKEN_CHARS)
 end
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.support import in_forked_child
 from token_service.logs import JsonFormatter, request_id_var
 
 pytestmark = pytest.mark.unit
@@ -103,18 +104,10 @@ def test_batched_lines_are_written_within_the_interval(tmp_path) -> None:
 
 
 def test_a_forked_worker_does_not_write_its_parents_pending_lines_again(tmp_path) -> None:
-    import os
-
     path = tmp_path / "log"
     with _batching(path) as handler:
         _emit(handler, "parent, before the fork")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child, as a gunicorn worker forked from the master
-            try:
-                _emit(handler, "child", logging.WARNING)
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        in_forked_child(lambda: _emit(handler, "child", logging.WARNING) or b"")
     assert sorted(_messages(path)) == ["child", "parent, before the fork"]
 
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from token_service.b64url import b64url
 from token_service.errors import InvalidGrant
-from token_service.tokens.b64url import b64url
 from token_service.tokens.refresh import (
     digest,
     identity_tag,

@@ -98,11 +98,7 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     With ``Content-Length`` the length decides up front; a chunked body (the server says it ends
     the stream, ``wsgi.input_terminated``) is read until it ends or passes the limit.
     """
-    declared = environ.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and declared.isascii() and "HTTP_TRANSFER_ENCODING" not in environ:
-        length: int | None = int(declared)  # the common case, without werkzeug's general parser
-    else:
-        length = get_content_length(environ)
+    length = get_content_length(environ)
     if length is not None:
         if length > max_bytes:
             raise PayloadTooLarge("the request body is too large")
@@ -201,8 +197,7 @@ class TokenApi:
             return self.fallback(environ, start_response)
         started = time.perf_counter()
         request = Request(environ)
-        trusted = self.trusted_proxies
-        request_id = request_id_for(request.header("X-Request-ID") if trusted else None, trusted)
+        request_id = request_id_for(request.header("X-Request-ID"), self.trusted_proxies)
         context = request_id_var.set(request_id)
         try:
             status, headers, body = self._answer(handler, request)

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import orjson
 
+from token_service.b64url import b64url
 from token_service.entropy import token_hex
-from token_service.tokens.b64url import b64url
 
 CONTENT_TYPE = "twilio-fpa;v=1"
 

@@ -14,9 +14,9 @@ import hashlib
 import re
 from typing import NamedTuple
 
+from token_service.b64url import b64url
 from token_service.entropy import token_bytes, token_hex
 from token_service.errors import InvalidGrant
-from token_service.tokens.b64url import b64url
 
 PREFIX = "rt1."
 _TAG_BYTES, _FAMILY_BYTES, _SECRET_BYTES = 8, 16, 32
