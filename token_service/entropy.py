@@ -20,4 +20,4 @@ def token_bytes(count: int) -> bytes:
 
 def token_hex(count: int) -> str:
     """``count`` random bytes as ``2 * count`` lowercase hex digits."""
-    return ssl.RAND_bytes(count).hex()
+    return token_bytes(count).hex()
