@@ -25,7 +25,7 @@ loaded = 0     -- tokens this thread started with
 
 local queue, head, tail = {}, 1, 0
 local headers = { ["Content-Type"] = "application/json" }
-local TOKEN_CHARS = 79  -- "rt1." and 75 base64url characters
+local TOKEN_CHARS = 84  -- "rt2." and 80 base64url characters
 -- Every token has the same length, so every request the same bytes around it: built once in
 -- init() (wrk.format on each request would spend the client's CPU, which shares the cores).
 local before, after

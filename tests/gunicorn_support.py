@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,11 @@ def gunicorn(config: Path, *, workers: int, env: dict[str, str] | None = None) -
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     served = Served(f"http://127.0.0.1:{port}")
+    # Drained as it comes: a full pipe would block the service's next log write (and every request).
+    lines: list[str] = []
+    assert proc.stdout is not None
+    drain = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    drain.start()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -63,15 +69,19 @@ def gunicorn(config: Path, *, workers: int, env: dict[str, str] | None = None) -
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise AssertionError(f"gunicorn did not start: {proc.communicate()[0]}")
+                drain.join(timeout=10)
+                raise AssertionError(f"gunicorn did not start: {''.join(lines)}")
             time.sleep(0.2)
         yield served
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            served.output, _ = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            served.output, _ = proc.communicate()
+            proc.wait()
+        drain.join(timeout=10)
+        proc.stdout.close()
+        served.output = "".join(lines)
         assert "Traceback" not in served.output
         assert not find_leaks(served.output)

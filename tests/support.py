@@ -38,7 +38,7 @@ AUDIENCES = ["token-service-dev", "token-service-es256", "urn:token-service:api"
 # What no log line or server output may hold. Fragments count: a truncated token is still a leak.
 LEAK_PATTERNS = {
     "a JWT or part of one": re.compile(r"eyJ[A-Za-z0-9_-]{8,}"),
-    "a refresh token or part of one": re.compile(r"rt1\.[A-Za-z0-9_-]{8,}"),
+    "a refresh token or part of one": re.compile(r"rt[12]\.[A-Za-z0-9_-]{8,}"),
     "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{20,}"),
     "the Twilio API key secret": re.compile(re.escape(TWILIO_SECRET)),
     "a Redis password": re.compile(r"s3cret-pass"),

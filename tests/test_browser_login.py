@@ -157,6 +157,15 @@ def test_state_from_another_browser_is_refused(stack: BrowserStack) -> None:
     assert resp.status_code == 400
 
 
+def test_a_foreign_browser_cannot_cancel_a_victims_sign_in(stack: BrowserStack) -> None:
+    """Another browser presents the victim's callback URL first: refused, and the victim's own
+    browser still completes the sign-in (the state is only consumed by the browser it belongs to)."""
+    victim, stranger = requests.Session(), requests.Session()
+    callback = follow_authorization(victim, start_login(victim, stack), "alice", f"{stack.base}/callback")
+    assert stranger.get(callback, allow_redirects=False, timeout=10).status_code == 400
+    assert victim.get(callback, allow_redirects=False, timeout=10).status_code == 303
+
+
 def test_pkce_verifier_is_required_by_the_idp(stack: BrowserStack) -> None:
     """The IdP enforces PKCE: the code cannot be redeemed without the verifier we kept server-side."""
     browser = requests.Session()
@@ -250,6 +259,17 @@ def test_backchannel_logout_by_sub_revokes_only_that_user(stack: BrowserStack) -
     assert post_refresh(stack.base, bob_rt).status_code == 200
     replay = post_logout_token(stack, token)
     assert replay.status_code == 400 and "replay" in problem(replay)["detail"]
+
+
+def test_a_logout_token_with_a_huge_exp_still_logs_out(stack: BrowserStack) -> None:
+    """exp far in the future (or absurd) caps how long its jti is remembered; the logout applies."""
+    browser = sign_in(stack, "alice")
+    refresh = token_with_cookie(browser, stack).json()["refresh_token"]
+    for exp in (10**12, 2**63):
+        claims = logout_claims(stack, sub="alice", exp=exp)
+        resp = post_logout_token(stack, forge(rsa(stack.idp.keys), claims, headers={"typ": "logout+jwt"}))
+        assert resp.status_code == 200, resp.text
+    assert post_refresh(stack.base, refresh).status_code == 401
 
 
 def test_backchannel_logout_by_sid_from_the_real_idp_token(stack: BrowserStack) -> None:

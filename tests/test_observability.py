@@ -143,8 +143,9 @@ def test_audit_events_carry_the_fields_and_no_secrets(
     token = forge(rsa_key, id_claims(idp.issuer, sub="sub-42"))
     issued = service.post_token(token, headers={"X-Request-ID": "gateway-id-1"}).json()
     refreshed = post_refresh(service.url, issued["refresh_token"]).json()
-    post_refresh(service.url, issued["refresh_token"])
-    post_revoke(service.url, refreshed["refresh_token"])
+    newest = post_refresh(service.url, refreshed["refresh_token"]).json()
+    post_refresh(service.url, issued["refresh_token"])  # two behind: reuse
+    post_revoke(service.url, newest["refresh_token"])
     service.post_token("garbage")
     events = {r.event: r for r in audit_events(caplog)}
     issued_event = events["token_issued"]
@@ -157,7 +158,8 @@ def test_audit_events_carry_the_fields_and_no_secrets(
     assert events["refresh_reuse_detected"].levelname == "WARNING"
     denied = [r for r in audit_events(caplog) if r.event == "denied"]
     assert {r.reason for r in denied} >= {"invalid_grant", "invalid_token"}
-    for secret in (token, issued["token"], issued["refresh_token"], refreshed["refresh_token"], TWILIO_SECRET):
+    for secret in (token, issued["token"], issued["refresh_token"], refreshed["refresh_token"],
+                   newest["refresh_token"], TWILIO_SECRET):
         assert secret not in caplog.text
 
 

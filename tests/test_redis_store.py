@@ -115,7 +115,7 @@ def test_round_trip_budget_one_command_per_request(
     svc = limited_redis_service
     warm = svc.post_token(forge(rsa_key, id_claims(idp.issuer)))  # loads scripts, opens the pool
     post_refresh(svc.url, warm.json()["refresh_token"])
-    post_revoke(svc.url, "rt1." + "A" * 75)
+    post_revoke(svc.url, "rt2." + "A" * 80)
 
     def commands_for(action):
         """The commands the service sent (MONITOR), not those its Lua scripts ran inside Redis."""
@@ -253,6 +253,7 @@ def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rs
             # The interrupted rotation left the family as it was: the token was not spent...
             after = post_refresh(svc.url, token)
             assert after.status_code == 200, after.text
-            # ...and it rotates normally now, so presenting it again is reuse.
+            # ...and it rotates normally now: once its successor is used, presenting it again is reuse.
+            assert post_refresh(svc.url, after.json()["refresh_token"]).status_code == 200
             replay = post_refresh(svc.url, token)
             assert replay.status_code == 401

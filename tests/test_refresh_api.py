@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,17 +68,33 @@ def test_replay_of_a_spent_token_kills_the_family(
 ) -> None:
     owner = login(service, idp.login("alice")["id_token"])
     rotated = post_refresh(service.url, owner["refresh_token"]).json()
+    newest = post_refresh(service.url, rotated["refresh_token"]).json()  # the owner moves on
     with caplog.at_level(logging.WARNING, logger="token_service.audit"):
         assert_invalid_grant(post_refresh(service.url, owner["refresh_token"]))  # the thief replays
-    assert_invalid_grant(post_refresh(service.url, rotated["refresh_token"]))  # and the owner is out too
+    assert_invalid_grant(post_refresh(service.url, newest["refresh_token"]))  # and the owner is out too
     (event,) = [r for r in caplog.records if getattr(r, "event", "") == "refresh_reuse_detected"]
     assert event.identity == "alice@example.com" and event.levelname == "WARNING"
-    assert owner["refresh_token"] not in caplog.text and rotated["refresh_token"] not in caplog.text
+    assert (event.issuer, event.sub, event.family) == ("test", "alice", event.family)
+    for token in (owner, rotated, newest):
+        assert token["refresh_token"] not in caplog.text
+
+
+def test_a_retried_refresh_gets_the_same_successor(service: RunningService, idp: DevIdP) -> None:
+    """A client that lost the answer presents the same token again: same successor, no revocation."""
+    first = login(service, idp.login("alice")["id_token"])["refresh_token"]
+    answers = [post_refresh(service.url, first) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    successors = {a.json()["refresh_token"] for a in answers}
+    assert len(successors) == 1  # one live successor, however many retries
+    assert len({a.json()["token"] for a in answers}) == 3  # each answer mints its own access token
+    (successor,) = successors
+    assert post_refresh(service.url, successor).status_code == 200
+    assert_invalid_grant(post_refresh(service.url, first))  # its successor was used: now it is reuse
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "rt1.", "rt1." + "A" * 74, "rt1." + "A" * 76, "rt0." + "A" * 75, "rt1." + "!" * 75, "x" * 600],
+    ["", "rt2.", "rt2." + "A" * 79, "rt2." + "A" * 81, "rt1." + "A" * 80, "rt2." + "!" * 80, "x" * 600],
 )
 def test_malformed_refresh_tokens(service: RunningService, bad: str) -> None:
     resp = post_refresh(service.url, bad)
@@ -112,7 +129,7 @@ def test_revoke_json_and_rfc7009_form(service: RunningService, idp: DevIdP, rsa_
 
 
 def test_revoke_answers_200_for_unknown_tokens_and_400_without_one(service: RunningService) -> None:
-    assert revoke(service, data={"token": "rt1." + "A" * 75}).status_code == 200
+    assert revoke(service, data={"token": "rt2." + "A" * 80}).status_code == 200
     assert revoke(service, data={"token": "not-even-ours"}).status_code == 200
     missing = revoke(service, data={"token_type_hint": "refresh_token"})
     assert missing.status_code == 400 and problem(missing)["type"] == "invalid_request"
@@ -132,25 +149,24 @@ def redis_config(idp: DevIdP, redis_server: RedisServer, **extra: object) -> dic
     return data
 
 
-def test_fifty_concurrent_refreshes_one_success_on_redis(idp: DevIdP, redis_server: RedisServer) -> None:
+def test_fifty_concurrent_refreshes_leave_one_successor_on_redis(idp: DevIdP, redis_server: RedisServer) -> None:
     with running(settings_for(redis_config(idp, redis_server))) as svc:
         token = login(svc, idp.login("alice")["id_token"])["refresh_token"]
         with ThreadPoolExecutor(max_workers=50) as pool:
-            statuses = list(pool.map(lambda _: post_refresh(svc.url, token).status_code, range(50)))
-        assert statuses.count(200) == 1
-        assert set(statuses) == {200, 401}
+            answers = list(pool.map(lambda _: post_refresh(svc.url, token), range(50)))
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.json()["refresh_token"] for a in answers}) == 1
+        assert post_refresh(svc.url, answers[0].json()["refresh_token"]).status_code == 200
 
 
-def test_grace_window_over_http(idp: DevIdP, rsa_key: dict) -> None:
+def test_retry_window_over_http(idp: DevIdP, rsa_key: dict) -> None:
     data = config_dict(idp.issuer)
-    data["refresh"] = {"reuse_grace": 5}
+    data["refresh"] = {"retry_window": 1}
     with running(settings_for(data)) as svc:
         first = login(svc, forge(rsa_key, id_claims(idp.issuer)))["refresh_token"]
-        a = post_refresh(svc.url, first)
-        b = post_refresh(svc.url, first)  # a retry inside the grace window: allowed, family intact
-        assert (a.status_code, b.status_code) == (200, 200)
-        assert post_refresh(svc.url, a.json()["refresh_token"]).status_code == 200
-        assert post_refresh(svc.url, b.json()["refresh_token"]).status_code == 200
+        assert post_refresh(svc.url, first).status_code == 200
+        time.sleep(2.1)  # past the window: presenting the spent token again is reuse
+        assert_invalid_grant(post_refresh(svc.url, first))
 
 
 def test_cli_revoke_identity(idp: DevIdP, redis_server: RedisServer, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_rs256_id_token_gets_a_twilio_token(idp: DevIdP, service: RunningService
     assert set(body) == {
         "token", "identity", "role", "role_sid", "expires_in", "expires_at", "refresh_token", "refresh_expires_at",
     }
-    assert body["refresh_token"].startswith("rt1.")
+    assert body["refresh_token"].startswith("rt2.")
     assert (body["identity"], body["role"], body["role_sid"]) == ("alice@example.com", "user", RL_USER)
     assert body["expires_in"] == 900
     claims = decode_twilio(body["token"])

@@ -263,12 +263,17 @@ class UnaddressableIdentity(InvalidIdentity):
 
 
 class _SyncFailure(Exception):
-    """Internal: a REST call or the store failed; ``reason`` is safe to log (no secrets)."""
+    """Internal: a REST call or the store failed; ``reason`` is safe to log (no secrets).
 
-    def __init__(self, reason: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
+    ``in_flight``: a write was sent and its answer never came (a read timeout), so it may still land
+    at Twilio; the per-identity lock is then kept until it expires, and nobody writes meanwhile.
+    """
+
+    def __init__(self, reason: str, retry_after: int = DEFAULT_RETRY_AFTER, *, in_flight: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.in_flight = in_flight
 
 
 @dataclass
@@ -327,9 +332,13 @@ class UserSync:
     saves REST calls across all of them and a per-identity lock keeps two first logins from both creating.
     """
 
-    def __init__(self, settings: SyncSettings, store: Store, client: Client | None = None) -> None:
+    def __init__(self, settings: SyncSettings, store: Store, client: Client | None = None,
+                 newest_role_sid: Callable[[str], str | None] | None = None) -> None:
         self.settings = settings
         self.store = store
+        # The identity's current role as the newest sign-in set it: a login that raced a newer one
+        # must not write its older role to Twilio.
+        self.newest_role_sid = newest_role_sid
         self._owns_client = client is None
         self.client = client if client is not None else self._build_client(settings)
         self._users = self.client.conversations.v1.services(settings.service_sid).users
@@ -403,6 +412,10 @@ class UserSync:
     def lock_key(self, identity: str) -> str:
         return f"synclock:{self.settings.service_sid}:{identity_digest(identity)}"
 
+    def pause_key(self) -> str:
+        """Set while Twilio asked (429 + Retry-After) to be left alone: logins defer instead of calling."""
+        return f"syncpause:{self.settings.service_sid}"
+
     # -- the flow ---------------------------------------------------------------------------------------------
 
     def _run(
@@ -412,29 +425,40 @@ class UserSync:
         locked = self._acquire(identity, role_sid, use_cache)
         if locked is None:
             return "cached"
+        release = True
         try:
+            if use_cache and self.newest_role_sid is not None:
+                role_sid = self.newest_role_sid(identity) or role_sid
             outcome = self._reconcile(identity, role_sid, friendly_name, tally)
             self._remember(identity, role_sid)  # before letting go: waiters then find it cached
+        except _SyncFailure as failure:
+            release = not failure.in_flight
+            raise
         finally:
-            if locked:
+            if release:
                 self._release(identity)
         return outcome
 
     def _acquire(self, identity: str, role_sid: str, use_cache: bool) -> bool | None:
         """Take the per-identity lock. None: the cache already holds ``role_sid`` (nothing to do).
-        False: another worker kept the lock past our wait; go on without it (a 409 on create is handled)."""
+
+        A login that cannot take the lock within ``timeout`` never goes ahead without it (that would
+        send a second create): it fails, which ``fail_open`` turns into a deferred sync.
+        """
         deadline = time.monotonic() + self.settings.timeout
         try:
             while True:
                 if use_cache and self.store.get(self.cache_key(identity)) == role_sid:
                     return None
+                if self.store.get(self.pause_key()) is not None:
+                    raise _SyncFailure("Twilio asked to wait (429 Retry-After)")
                 if self.store.add_once(self.lock_key(identity), self.settings.lock_ttl):
                     if use_cache and self.store.get(self.cache_key(identity)) == role_sid:
                         self._release(identity)  # synced by the worker that just let go
                         return None
                     return True
                 if time.monotonic() >= deadline:
-                    return False
+                    raise _SyncFailure("another sign-in is syncing this user and did not finish in time")
                 time.sleep(LOCK_POLL)
         except StoreUnavailable as exc:
             raise _SyncFailure(f"store unavailable ({exc})") from None
@@ -506,9 +530,10 @@ class UserSync:
                     time.sleep(wait)
                     continue
                 raise self._translate(method, exc) from None
-            except requests.Timeout:
+            except requests.Timeout as exc:
                 REST_CALLS.labels(method, "timeout").inc()
-                raise _SyncFailure(f"{method} timed out after {self.settings.timeout}s") from None
+                in_flight = method != "GET" and not isinstance(exc, requests.ConnectTimeout)
+                raise _SyncFailure(f"{method} timed out after {self.settings.timeout}s", in_flight=in_flight) from None
             except (requests.RequestException, TwilioException) as exc:
                 REST_CALLS.labels(method, "error").inc()
                 raise _SyncFailure(f"{method} failed: {type(exc).__name__}") from None
@@ -537,10 +562,19 @@ class UserSync:
         if exc.status == 429:
             asked = self._retry_after()
             retry_after = math.ceil(asked) if asked is not None else DEFAULT_RETRY_AFTER
+            if asked:
+                self._pause(math.ceil(asked))
             return _SyncFailure(f"{reason} after {self.settings.max_attempts} attempt(s)", max(1, retry_after))
         if exc.status == 404:
             reason += f": does the Conversation Service {self.settings.service_sid} exist?"
         return _SyncFailure(reason)
+
+    def _pause(self, seconds: int) -> None:
+        """Every worker leaves Twilio alone for as long as it asked."""
+        try:
+            self.store.put(self.pause_key(), "1", seconds)
+        except StoreUnavailable:
+            pass  # each worker then learns it from its own 429
 
     # -- outcomes -----------------------------------------------------------------------------------------------
 

@@ -48,6 +48,15 @@ class InvalidGrant(ServiceError):
     title = "Invalid grant"
 
 
+class LoginRequired(ServiceError):
+    """The refresh token cannot carry on: the user must sign in with the identity provider again
+    (the role it would mint has gone unconfirmed too long, or changed and ended the family)."""
+
+    type = "login_required"
+    status = 401
+    title = "Sign in again"
+
+
 class AccessDenied(ServiceError):
     type = "access_denied"
     status = 403

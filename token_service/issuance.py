@@ -1,8 +1,12 @@
 """The token path: proof -> mapped identity and role -> rate limit -> tokens (design section 2).
 
 Framework-free orchestration of ``authn``, ``mapping``, ``ratelimit``, ``store`` and ``tokens``,
-so the blueprint stays a thin adapter. Each request costs one store round trip: the rate-limit
+so the HTTP layer stays a thin adapter. Each request costs one store round trip: the rate-limit
 check and the family write (or rotation, or revocation) happen in the same atomic call.
+
+Roles: a sign-in's mapped role becomes the identity's current role; every family of the identity
+mints with that role at its next refresh (or ends there, ``[refresh] on_role_change``), so Twilio
+and every device learn the newest role, never an older one.
 """
 
 from __future__ import annotations
@@ -10,27 +14,42 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
-from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
+from token_service.authn.sessions import BrowserSession, SessionStore
 from token_service.conversations import SyncSettings, UserSync
-from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
+from token_service.errors import InvalidGrant, InvalidRequest, LoginRequired, RateLimited, ServiceError
 from token_service.logs import AuditLog
 from token_service.mapping import IdentityPolicy, Mapped, map_claims
-from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, child, current_month
+from token_service.metrics import (
+    FAMILIES_REVOKED,
+    RATE_LIMITED,
+    REFRESH_ROLE_UPDATES,
+    REFRESHES,
+    ROLE_CHANGES,
+    TOKENS_ISSUED,
+    child,
+    current_month,
+)
 from token_service.ratelimit import RateLimiter, rate_limit_headers
 from token_service.settings import Settings
-from token_service.store.base import Bucket, Family, FamilyLifetimes, LimitDecision, Store, StoreUnavailable
-from token_service.tokens.access import ChatAccess, MintedToken, TwilioKey, mint_access_token
-from token_service.tokens.refresh import (
-    identity_tag,
-    mint_refresh_token,
-    new_family_id,
-    parse_refresh_token,
+from token_service.store.base import (
+    Bucket,
+    Ended,
+    FamilyInfo,
+    FamilyPolicy,
+    LimitDecision,
+    NewFamily,
+    Store,
+    StoreUnavailable,
 )
+from token_service.tokens.access import ChatAccess, MintedToken, TwilioKey, mint_access_token
+from token_service.tokens.refresh import NOT_OURS, RefreshTokens, derive_refresh_key, identity_tag, new_family_id
 
 audit = AuditLog("token_service.audit")
 
 KNOWN_PLATFORMS = frozenset({"ios", "android", "web"})
-INVALID_REFRESH = "the refresh token is invalid, expired or revoked; sign in again"
+INVALID_REFRESH = NOT_OURS
+ROLE_UNCONFIRMED = "the role has not been confirmed by the identity provider for too long; sign in again"
+ROLE_CHANGED = "the user's role changed; sign in again"
 
 
 def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
@@ -53,7 +72,17 @@ def user_sync_for(settings: Settings, store: Store) -> UserSync | None:
             max_attempts=sync.max_attempts,
         ),
         store,
+        newest_role_sid=lambda identity: _newest_role_sid(settings, store, identity),
     )
+
+
+def _newest_role_sid(settings: Settings, store: Store, identity: str) -> str | None:
+    """The SID of the identity's current role (None when unknown: the caller's role stands)."""
+    try:
+        role = store.current_role(identity_tag(identity))
+    except StoreUnavailable:
+        return None
+    return settings.roles.sids.get(role) if role else None
 
 
 class IssuedToken(NamedTuple):
@@ -87,21 +116,31 @@ class TokenIssuer:
         self.verifier = verifier or BearerVerifier(settings.issuers)
         self.limiter = RateLimiter(settings.rate_limits)
         twilio = settings.twilio
+        secrets = settings.secrets
+        api_key_secret = secrets.twilio_api_key_secret.get_secret_value()
         self.twilio_key = TwilioKey(
             account_sid=twilio.account_sid,
             api_key_sid=twilio.api_key_sid,
-            api_key_secret=settings.secrets.twilio_api_key_secret.get_secret_value(),
+            api_key_secret=api_key_secret,
             region=twilio.region,
         )
+        dedicated = secrets.refresh_key.get_secret_value() if secrets.refresh_key else None
+        self.refresh_tokens = RefreshTokens(derive_refresh_key(dedicated, api_key_secret))
         self._identity_policies: dict[str, IdentityPolicy] = {
             i.name: settings.identity_policy(i) for i in settings.issuers
         }
         self._role_policy = settings.role_policy()
-        self.lifetimes = FamilyLifetimes(
-            idle=settings.refresh.idle_ttl,
-            absolute=settings.refresh.absolute_ttl,
-            reuse_grace=settings.refresh.reuse_grace,
+        refresh = settings.refresh
+        self.policy = FamilyPolicy(
+            idle=refresh.idle_ttl,
+            absolute=refresh.absolute_ttl,
+            retry_window=refresh.retry_window,
+            role_max_age=refresh.role_max_age,
+            on_role_change=refresh.on_role_change,
         )
+        # Back-channel logout accepts logout tokens of the [login] issuer only: only its families
+        # need to be findable by sub and sid.
+        self.logout_issuer = settings.login.issuer if settings.login.enabled else None
         self.platforms = KNOWN_PLATFORMS | set(twilio.push_credentials)
         self.user_sync = user_sync_for(settings, store)
 
@@ -112,6 +151,13 @@ class TokenIssuer:
         if platform not in self.platforms:
             raise InvalidRequest(f"platform must be one of: {', '.join(sorted(self.platforms))}")
         return self.settings.twilio.push_credentials.get(platform)
+
+    def role_sid(self, role: str) -> str:
+        """The SID of a role the store remembers; one removed from the configuration needs a sign-in."""
+        sid = self.settings.roles.sids.get(role)
+        if sid is None:
+            raise LoginRequired(f"the role {role!r} is no longer configured; sign in again")
+        return sid
 
     def mint(self, mapped: Mapped, platform: str | None) -> MintedToken:
         twilio = self.settings.twilio
@@ -124,7 +170,7 @@ class TokenIssuer:
         return mint_access_token(self.twilio_key, access, ttl=twilio.token_ttl, include_nbf=twilio.include_nbf)
 
     def _count_failure(self, endpoint: str, buckets: list[Bucket], error: ServiceError) -> ServiceError:
-        """A refused proof still counts against the client-IP bucket, so guessing is limited.
+        """A refused proof counts against the client IP and the global failure budget only.
 
         With the store down the original error stands: a 401 should not turn into a 503.
         """
@@ -155,108 +201,114 @@ class TokenIssuer:
         except ServiceError as exc:
             if exc.status >= 500:
                 raise
-            buckets = self.limiter.buckets("token", ip=client_ip, ip_only=True)
-            raise self._count_failure("token", buckets, exc) from None
-        sid = str(verified.claims.get("sid", ""))
+            raise self._count_failure("token", self.limiter.failure_buckets("token", ip=client_ip), exc) from None
+        sid = verified.claims.get("sid")
         name_claim = self.settings.conversations.sync.friendly_name_claim
         friendly = verified.claims.get(name_claim) if name_claim else None
+        issuer = verified.issuer.name
         return self.start_family(
-            mapped, issuer=verified.issuer.name, subject=verified.claims["sub"], idp_session=sid,
-            links=logout_indexes(verified.issuer.name, verified.claims["sub"], sid),
+            mapped, issuer=issuer, subject=verified.claims["sub"], idp_session=sid if isinstance(sid, str) else "",
             platform=platform, client_ip=client_ip,
             friendly_name=friendly if isinstance(friendly, str) and friendly else None,
         )
 
     def issue_for_session(self, session_id: str, session: BrowserSession, *, platform: str | None,
                           client_ip: str | None) -> IssuedToken:
-        """A signed-in browser: mint for the session's identity, listed under the session too."""
+        """A signed-in browser: a family for the session's identity, ended with the session.
+
+        The session's sign-in is the proof: the family takes the identity's current role, which a
+        newer sign-in elsewhere may have changed since.
+        """
         self.push_credential(platform)
         mapped = Mapped(identity=session.identity, role=session.role, role_sid=session.role_sid)
-        links = [*logout_indexes(session.issuer, session.subject, session.idp_session),
-                 SessionStore.families_index(session_id)]
         return self.start_family(
             mapped, issuer=session.issuer, subject=session.subject, idp_session=session.idp_session,
-            links=links, platform=platform, client_ip=client_ip,
+            platform=platform, client_ip=client_ip, browser_session=SessionStore.digest(session_id),
+            confirmed_at=session.created_at,
         )
 
-    def sync_user(self, mapped: Mapped, friendly_name: str | None = None) -> None:
-        """Make the Conversations User carry the mapped role (cached: usually no REST call at all)."""
+    def sync_user(self, identity: str, role_sid: str, friendly_name: str | None = None) -> None:
+        """Make the Conversations User carry the role (cached: usually no REST call at all)."""
         if self.user_sync is not None:
-            self.user_sync.ensure(mapped.identity, mapped.role_sid, friendly_name)
+            self.user_sync.ensure(identity, role_sid, friendly_name)
 
-    def start_family(self, mapped: Mapped, *, issuer: str, subject: str, idp_session: str, links: list[str],
-                     platform: str | None, client_ip: str | None, friendly_name: str | None = None) -> IssuedToken:
+    def start_family(self, mapped: Mapped, *, issuer: str, subject: str, idp_session: str, platform: str | None,
+                     client_ip: str | None, friendly_name: str | None = None, browser_session: str = "",
+                     confirmed_at: int = 0) -> IssuedToken:
         """Rate-limit, store a new refresh family (one store call) and mint the access token."""
         tag = identity_tag(mapped.identity)
-        refresh = mint_refresh_token(tag, new_family_id())
-        family = Family(
-            family_id=refresh.family_id,
-            tag=tag,
-            identity=mapped.identity,
-            role=mapped.role,
-            role_sid=mapped.role_sid,
-            issuer=issuer,
-            subject=subject,
-            session_id=idp_session,
+        family = NewFamily(
+            tag=tag, family_id=new_family_id(), identity=mapped.identity, role=mapped.role, issuer=issuer,
+            subject=subject, idp_session=idp_session, browser_session=browser_session, confirmed_at=confirmed_at,
+            logout_index=issuer == self.logout_issuer,
         )
         buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
-        issued = self.store.issue(buckets, family, refresh.digest, self.lifetimes, current_month(), links)
+        issued = self.store.issue(buckets, family, self.policy, current_month())
         _refuse_if_limited("token", issued.limits)
+        if issued.previous_role:
+            child(ROLE_CHANGES, "sign_in").inc()
+            audit.info("role changed", extra={
+                "event": "role_changed", "identity": mapped.identity, "role": issued.role,
+                "previous_role": issued.previous_role, "issuer": issuer, "sub": subject, "client_ip": client_ip,
+            })
         try:
-            self.sync_user(mapped, friendly_name)
+            current = mapped._replace(role=issued.role, role_sid=self.role_sid(issued.role))
+            self.sync_user(current.identity, current.role_sid, friendly_name)
         except ServiceError:
-            # fail_closed: no token goes out, so the family just stored must not outlive the refusal.
-            self.store.revoke_families([(tag, family.family_id)])
+            # No token goes out (fail_closed sync, a role no longer configured), so the family just
+            # stored must not outlive the refusal.
+            self.store.revoke([], tag, family.family_id, 0, self.policy)
             raise
-        minted = self.mint(mapped, platform)
-        child(TOKENS_ISSUED, family.issuer, mapped.role).inc()
+        minted = self.mint(current, platform)
+        child(TOKENS_ISSUED, issuer, current.role).inc()
         audit.info(
             "token issued",
             extra={
                 "event": "token_issued",
-                "identity": mapped.identity,
-                "role": mapped.role,
-                "issuer": family.issuer,
-                "sub": family.subject,
+                "identity": current.identity,
+                "role": current.role,
+                "issuer": issuer,
+                "sub": subject,
                 "jti": minted.jti,
                 "family": family.family_id,
                 "client_ip": client_ip,
             },
         )
-        return IssuedToken(minted, mapped, refresh.value, issued.expires_at, issued.limits)
+        refresh_token = self.refresh_tokens.mint(tag, family.family_id, 0)
+        return IssuedToken(minted, current, refresh_token, issued.expires_at, issued.limits)
 
     def refresh(self, presented: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
-        """Rotate ``presented`` and mint again for the family's identity and role."""
+        """Spend ``presented`` and mint again for the family's identity, with its current role."""
         self.push_credential(platform)
         try:
-            old = parse_refresh_token(presented)
+            token = self.refresh_tokens.parse(presented)
         except InvalidGrant as exc:
-            raise self._count_failure("refresh", self.limiter.buckets("refresh", ip=client_ip), exc) from None
-        new = mint_refresh_token(old.tag, old.family_id)
-        buckets = self.limiter.buckets("refresh", ip=client_ip, tag=old.tag, family_id=old.family_id)
-        rotation = self.store.rotate(
-            buckets, old.tag, old.family_id, old.digest, new.digest, self.lifetimes, current_month()
-        )
+            child(REFRESHES, "invalid").inc()
+            raise self._count_failure("refresh", self.limiter.failure_buckets("refresh", ip=client_ip), exc) from None
+        buckets = self.limiter.buckets("refresh", ip=client_ip, tag=token.tag, family_id=token.family_id)
+        rotation = self.store.rotate(buckets, token.tag, token.family_id, token.generation, self.policy,
+                                     current_month())
         child(REFRESHES, rotation.outcome).inc()
         _refuse_if_limited("refresh", rotation.limits)
         family = rotation.family
         if rotation.outcome == "reused" and family is not None:
             child(FAMILIES_REVOKED, "reuse").inc()
-            audit.warning(
-                "refresh token reuse detected: family revoked",
-                extra={
-                    "event": "refresh_reuse_detected",
-                    "identity": family.identity,
-                    "issuer": family.issuer,
-                    "sub": family.subject,
-                    "family": family.family_id,
-                    "client_ip": client_ip,
-                },
-            )
-        if rotation.outcome not in ("rotated", "grace") or family is None:
+            audit.warning("refresh token reuse detected: family revoked",
+                          extra=_family_event("refresh_reuse_detected", family, client_ip))
+        if rotation.outcome == "role_revoked" and family is not None:
+            child(FAMILIES_REVOKED, "role_change").inc()
+            child(REFRESH_ROLE_UPDATES, "revoked").inc()
+            audit.info("family revoked: the role changed",
+                       extra=_family_event("family_revoked", family, client_ip, reason="role_change"))
+            raise LoginRequired(ROLE_CHANGED)
+        if rotation.outcome == "login_required":
+            raise LoginRequired(ROLE_UNCONFIRMED)
+        if rotation.outcome not in ("rotated", "retried") or family is None:
             raise InvalidGrant(INVALID_REFRESH)
-        mapped = Mapped(identity=family.identity, role=family.role, role_sid=family.role_sid)
-        self.sync_user(mapped)  # a deferred (fail_open) sync is retried here
+        mapped = Mapped(identity=family.identity, role=family.role, role_sid=self.role_sid(family.role))
+        if rotation.previous_role:
+            child(REFRESH_ROLE_UPDATES, "followed").inc()
+        self.sync_user(mapped.identity, mapped.role_sid)  # the newest role; cached, so usually no REST call
         minted = self.mint(mapped, platform)
         audit.info(
             "token refreshed",
@@ -264,43 +316,59 @@ class TokenIssuer:
                 "event": "token_refreshed",
                 "identity": family.identity,
                 "role": family.role,
+                "previous_role": rotation.previous_role or None,
+                "issuer": family.issuer,
+                "sub": family.subject,
                 "family": family.family_id,
                 "jti": minted.jti,
-                "grace": rotation.outcome == "grace",
+                "retry": rotation.outcome == "retried",
                 "client_ip": client_ip,
             },
         )
-        return IssuedToken(minted, mapped, new.value, rotation.expires_at, rotation.limits)
+        refresh_token = self.refresh_tokens.mint(token.tag, token.family_id, rotation.generation)
+        return IssuedToken(minted, mapped, refresh_token, rotation.expires_at, rotation.limits)
 
     def revoke(self, presented: str, *, client_ip: str | None) -> LimitDecision:
         """RFC 7009: end the token's family; unknown or malformed tokens are not an error."""
         buckets = self.limiter.buckets("revoke", ip=client_ip)
         try:
-            token = parse_refresh_token(presented)
+            token = self.refresh_tokens.parse(presented)
         except InvalidGrant:
             limits = self.store.hit(buckets)
             _refuse_if_limited("revoke", limits)
             return limits
-        revocation = self.store.revoke(buckets, token.tag, token.family_id, token.digest)
+        revocation = self.store.revoke(buckets, token.tag, token.family_id, token.generation, self.policy)
         _refuse_if_limited("revoke", revocation.limits)
         if revocation.revoked and revocation.family is not None:
             child(FAMILIES_REVOKED, "revoke").inc()
-            audit.info(
-                "refresh family revoked",
-                extra={
-                    "event": "family_revoked",
-                    "identity": revocation.family.identity,
-                    "family": revocation.family.family_id,
-                    "client_ip": client_ip,
-                },
-            )
+            audit.info("refresh family revoked",
+                       extra=_family_event("family_revoked", revocation.family, client_ip, reason="revoke"))
         return revocation.limits
 
-    def revoke_identity(self, identity: str) -> int:
-        count = self.store.revoke_identity(identity_tag(identity), identity)
-        FAMILIES_REVOKED.labels("identity").inc(count)
-        audit.info(
-            "identity revoked",
-            extra={"event": "identity_revoked", "identity": identity, "families": count},
-        )
-        return count
+    def revoke_identity(self, identity: str, *, actor: str = "cli") -> int:
+        """End every family of ``identity`` (an employee leaves); audited and counted."""
+        ended = self.store.end_families(identity_tag(identity), reason="revoke_identity", policy=self.policy)
+        record_ended("identity", ended, identity=identity, event="identity_revoked", actor=actor)
+        return len(ended.family_ids)
+
+
+def _family_event(event: str, family: FamilyInfo, client_ip: str | None, **more: str) -> dict[str, object]:
+    """The audit fields of an event about one family (the request id is added by the log record)."""
+    return {
+        "event": event,
+        "identity": family.identity,
+        "issuer": family.issuer or None,
+        "sub": family.subject or None,
+        "family": family.family_id,
+        "client_ip": client_ip,
+        **more,
+    }
+
+
+def record_ended(reason: str, ended: Ended, *, event: str, identity: str = "", **fields: object) -> None:
+    """Metric and audit line for families ended at once (sign-out, back-channel logout, revoke-all)."""
+    FAMILIES_REVOKED.labels(reason).inc(len(ended.family_ids))
+    audit.info("refresh families ended", extra={
+        "event": event, "identity": ended.identity or identity or None, "families": list(ended.family_ids),
+        "count": len(ended.family_ids), **fields,
+    })

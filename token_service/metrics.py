@@ -23,21 +23,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from token_service.pid import current_pid
-
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-if values.ValueClass is not values.MutexValue:
-    # Multiprocess mode checks the process id on every update, to notice a fork: with the library's
-    # default (os.getpid) that is a system call per sample, several per request. current_pid() gives
-    # the same answer from memory; MultiProcessValue takes it for this purpose. Every metric below
-    # has labels, so no value exists before this line.
-    values.ValueClass = values.MultiProcessValue(process_identifier=current_pid)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -66,6 +57,16 @@ STORE_ERRORS = Counter(
 )
 STORE_DURATION = Histogram(
     "token_service_store_duration_seconds", "Time of one store call.", ["operation"], buckets=STORE_BUCKETS
+)
+ROLE_CHANGES = Counter(
+    "token_service_role_changes_total",
+    "Sign-ins that changed an identity's current role (its other families follow at their next refresh).",
+    ["source"],
+)
+REFRESH_ROLE_UPDATES = Counter(
+    "token_service_refresh_role_updates_total",
+    "Refreshes of a family minted under an older role: 'followed' the new role, or 'revoked' by policy.",
+    ["action"],
 )
 FAMILIES_REVOKED = Counter(
     "token_service_families_revoked_total", "Refresh-token families ended, by reason.", ["reason"]

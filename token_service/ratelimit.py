@@ -10,8 +10,17 @@ from __future__ import annotations
 from token_service.settings import RateLimitSettings
 from token_service.store.base import Bucket, LimitDecision
 
+GLOBAL_TAG = "global"
+
 
 class RateLimiter:
+    """Which buckets a request charges (design 2.5).
+
+    A request whose proof holds charges the client IP and, since the proof shows whose they are, the
+    identity's and the family's buckets. A failed proof charges only the client IP and the global
+    failure budget: a stranger cannot use up someone else's budget.
+    """
+
     def __init__(self, settings: RateLimitSettings) -> None:
         self.enabled = settings.enabled
         # Per endpoint, its policies' (name, key, limit, window): what every request reads, read once.
@@ -19,26 +28,31 @@ class RateLimiter:
         for p in settings.policies:
             self._policies.setdefault(p.endpoint, []).append((p.name, p.key, p.limit, p.window))
 
-    def buckets(
-        self,
-        endpoint: str,
-        *,
-        ip: str | None,
-        tag: str | None = None,
-        family_id: str | None = None,
-        ip_only: bool = False,
-    ) -> list[Bucket]:
-        """The buckets one request to ``endpoint`` counts against."""
+    def buckets(self, endpoint: str, *, ip: str | None, tag: str | None = None,
+                family_id: str | None = None) -> list[Bucket]:
+        """The buckets a request with a valid proof (for ``tag`` and ``family_id``) counts against."""
         if not self.enabled:
             return []
         found = []
         for name, key, limit, window in self._policies.get(endpoint, ()):
             if key == "ip" and ip:
                 found.append(Bucket(name, "-", f"ip:{ip}", limit, window))
-            elif key == "identity" and tag and not ip_only:
+            elif key == "identity" and tag:
                 found.append(Bucket(name, "-", tag, limit, window))
-            elif key == "family" and tag and family_id and not ip_only:
+            elif key == "family" and tag and family_id:
                 found.append(Bucket(name, family_id, tag, limit, window))
+        return found
+
+    def failure_buckets(self, endpoint: str, *, ip: str | None) -> list[Bucket]:
+        """The buckets a failed proof counts against: the client IP and the global failure budget."""
+        if not self.enabled:
+            return []
+        found = []
+        for name, key, limit, window in self._policies.get(endpoint, ()):
+            if key == "ip" and ip:
+                found.append(Bucket(name, "-", f"ip:{ip}", limit, window))
+            elif key == "global":
+                found.append(Bucket(name, "-", GLOBAL_TAG, limit, window))
         return found
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,7 +34,9 @@ CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
 API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
 REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
 SESSION_KEY_ENV = "TOKEN_SERVICE_SESSION_KEY"
+REFRESH_KEY_ENV = "TOKEN_SERVICE_REFRESH_KEY"
 OPTIONAL_SECRETS = {
+    "refresh_key": REFRESH_KEY_ENV,
     "redis_password": REDIS_PASSWORD_ENV,
     "redis_sentinel_password": "REDIS_SENTINEL_PASSWORD",
     "session_key": SESSION_KEY_ENV,
@@ -130,16 +133,25 @@ class StoreSettings(_Section):
 
 
 class RefreshSettings(_Section):
-    """``[refresh]``: refresh-token families (design 2.4)."""
+    """``[refresh]``: refresh-token families (design 2.4) and how they follow role changes."""
 
     idle_ttl: int = Field(24 * 3600, ge=60, le=90 * 86400)
     absolute_ttl: int = Field(7 * 86400, ge=300, le=365 * 86400)
-    reuse_grace: int = Field(0, ge=0, le=60)
+    # Seconds after a rotation in which the spent token may be presented again (a client that lost the
+    # answer) and gets the same successor, as long as that successor is unused. Older: reuse.
+    retry_window: int = Field(60, ge=0, le=3600, validation_alias=AliasChoices("retry_window", "reuse_grace"))
+    # Seconds a family may keep minting a role no sign-in has confirmed since; 0: up to absolute_ttl.
+    role_max_age: int = Field(0, ge=0, le=365 * 86400)
+    # When an identity's role changes at a sign-in, its other families take the new role at their next
+    # refresh ("follow"), or end there ("revoke"), so those devices must sign in again.
+    on_role_change: Literal["follow", "revoke"] = "follow"
 
     @model_validator(mode="after")
     def _ordered(self) -> RefreshSettings:
         if self.idle_ttl > self.absolute_ttl:
             raise ValueError("idle_ttl must not exceed absolute_ttl")
+        if 0 < self.role_max_age < 60:
+            raise ValueError("role_max_age must be 0 (no bound) or at least 60 seconds")
         return self
 
 
@@ -147,14 +159,18 @@ class RatePolicy(_Section):
     """``limit`` requests per ``window`` seconds, per ``key``, on one endpoint."""
 
     endpoint: Literal["token", "refresh", "revoke"]
-    key: Literal["ip", "identity", "family"]
+    # ip: the client; identity, family: charged once the proof is known to be theirs; global: every
+    # failed proof of every client, one budget for the whole service
+    key: Literal["ip", "identity", "family", "global"]
     limit: int = Field(ge=1, le=1_000_000)
     window: int = Field(ge=1, le=86400)
 
     @model_validator(mode="after")
     def _key_known_at_endpoint(self) -> RatePolicy:
         if self.endpoint == "token" and self.key == "family":
-            raise ValueError("the token endpoint has no family yet: use key 'ip' or 'identity'")
+            raise ValueError("the token endpoint has no family yet: use key 'ip', 'identity' or 'global'")
+        if self.endpoint == "revoke" and self.key != "ip":
+            raise ValueError("the revoke endpoint proves nothing about its caller: use key 'ip'")
         return self
 
     @property
@@ -165,9 +181,11 @@ class RatePolicy(_Section):
 DEFAULT_RATE_POLICIES = [
     RatePolicy(endpoint="token", key="ip", limit=60, window=60),
     RatePolicy(endpoint="token", key="identity", limit=20, window=60),
+    RatePolicy(endpoint="token", key="global", limit=1000, window=60),
     RatePolicy(endpoint="refresh", key="ip", limit=120, window=60),
     RatePolicy(endpoint="refresh", key="identity", limit=60, window=60),
     RatePolicy(endpoint="refresh", key="family", limit=10, window=60),
+    RatePolicy(endpoint="refresh", key="global", limit=1000, window=60),
     RatePolicy(endpoint="revoke", key="ip", limit=30, window=60),
 ]
 
@@ -308,10 +326,13 @@ class AccessSettings(_Section):
     require: list[ClaimCondition] = []
 
 
+RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+
+
 class RolesSettings(_Section):
     """``[roles]``: ordered rules from claims to a role name; each name maps to an ``RL`` SID."""
 
-    sids: dict[str, RoleSid] = Field(min_length=1)
+    sids: dict[RoleName, RoleSid] = Field(min_length=1)
     rules: list[RoleRule] = []
     default: str | None = None
 
@@ -392,6 +413,14 @@ class Secrets(BaseModel):
     redis_sentinel_password: SecretStr | None = None
     session_key: SecretStr | None = None
     oidc_client_secret: SecretStr | None = None
+    refresh_key: SecretStr | None = None
+
+    @field_validator("refresh_key")
+    @classmethod
+    def _refresh_key_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(f"{REFRESH_KEY_ENV} must be at least 32 characters")
+        return value
 
     @field_validator("twilio_api_key_secret")
     @classmethod
@@ -523,6 +552,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
             continue
         value = err.get("input")
         shown = "(missing)" if err["type"] == "missing" else repr(value)
+        if loc.startswith("secrets."):
+            shown = "(hidden)"  # a secret's value never reaches the report
         if len(shown) > 80:
             shown = shown[:77] + "..."
         message = err["msg"].removeprefix("Value error, ")

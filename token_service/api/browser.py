@@ -16,15 +16,18 @@ from importlib import resources
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, session
 
+from token_service.api.body import form_value
 from token_service.authn.browser import BrowserLogin, origin_of, parse_events
-from token_service.authn.sessions import BrowserSession, SessionStore, idp_session_index, subject_index
+from token_service.authn.sessions import BrowserSession, SessionStore
 from token_service.errors import AccessDenied, InvalidRequest, InvalidToken, NotFound
-from token_service.issuance import TokenIssuer
-from token_service.metrics import FAMILIES_REVOKED
+from token_service.issuance import TokenIssuer, record_ended
 
 bp = Blueprint("browser", __name__)
 audit = logging.getLogger("token_service.audit")
 CSRF_HEADER = "X-Requested-With"
+# How long a logout token's jti is remembered against replay: its own lifetime, but never longer than
+# this (a logout token with a huge exp must not become a huge, failing store TTL).
+MAX_REPLAY_WINDOW = 7 * 86400
 
 
 def _login() -> BrowserLogin:
@@ -120,11 +123,10 @@ def logout() -> Response:
     families = 0
     if found:
         session_id, record = found
-        families = _sessions().end(session_id)
-        FAMILIES_REVOKED.labels("logout").inc(families)
-        audit.info("browser logout", extra={
-            "event": "logout", "identity": record.identity, "families": families, "client_ip": request.remote_addr,
-        })
+        ended = _sessions().end(session_id)
+        families = len(ended.family_ids)
+        record_ended("logout", ended, event="logout", identity=record.identity, issuer=record.issuer,
+                     sub=record.subject, client_ip=request.remote_addr)
     resp = jsonify(signed_out=True, families_revoked=families, end_session_url=_login().end_session_url())
     resp.delete_cookie(_cookie_name(), path="/", httponly=True, samesite="Lax",
                        secure=not current_app.extensions["token_service.settings"].server.dev_mode)
@@ -134,7 +136,7 @@ def logout() -> Response:
 @bp.post("/backchannel-logout")
 def backchannel_logout() -> Response:
     browser = _login()
-    token = request.form.get("logout_token", "")
+    token = form_value(request.environ, "logout_token", browser.settings.server.max_body_bytes)
     if not token:
         raise InvalidRequest("the request carries no logout_token")
     settings = browser.settings
@@ -148,19 +150,25 @@ def backchannel_logout() -> Response:
     if "nonce" in claims:
         raise InvalidRequest("a logout token must not carry a nonce")
     sid, sub = claims.get("sid"), claims.get("sub")
-    if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+    sid = sid if isinstance(sid, str) and sid else None
+    sub = sub if isinstance(sub, str) and sub else None
+    if sid is None and sub is None:
         raise InvalidRequest("the logout token names neither a session (sid) nor a subject (sub)")
-    ttl = max(60, int(claims["exp"]) - int(time.time()) + verified.issuer.leeway)
+    remaining = int(claims["exp"]) - int(time.time()) + verified.issuer.leeway
+    ttl = min(max(60, remaining), MAX_REPLAY_WINDOW)
     store = current_app.extensions["token_service.issuer"].store
     if not store.add_once(f"bcl-jti:{browser.issuer.name}:{claims['jti']}", ttl):
         raise InvalidRequest("this logout token was already used (jti replay)")
     name = browser.issuer.name
-    index = idp_session_index(name, sid) if isinstance(sid, str) and sid else subject_index(name, str(sub))
-    sessions, families = _sessions().end_for_idp(index)
-    FAMILIES_REVOKED.labels("logout").inc(families)
-    audit.info("back-channel logout", extra={
-        "event": "backchannel_logout", "issuer": name, "sub": sub, "sessions": sessions, "families": families,
-    })
+    sessions, ended = _sessions().end_for_idp(name, sid=sid, sub=sub)
+    for each in ended:
+        record_ended("logout", each, event="backchannel_logout", issuer=name, sub=sub, sessions=sessions,
+                     client_ip=request.remote_addr)
+    if not ended:
+        audit.info("back-channel logout", extra={
+            "event": "backchannel_logout", "issuer": name, "sub": sub, "sessions": sessions, "families": [],
+            "count": 0, "client_ip": request.remote_addr,
+        })
     return Response("", status=200)
 
 
@@ -204,7 +212,7 @@ def install(app: Flask, issuer: TokenIssuer) -> BrowserSessions | None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=not settings.server.dev_mode,
     )
-    sessions = SessionStore(issuer.store, settings.login.session_ttl)
+    sessions = SessionStore(issuer.store, settings.login.session_ttl, issuer.policy)
     login = BrowserLogin(app, settings, issuer.store, issuer.verifier)
     app.extensions["token_service.sessions"] = sessions
     app.extensions["token_service.login"] = login

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from token_service.entropy import token_hex
 from token_service.errors import ServiceError
 from token_service.logs import AuditLog, request_id_var
 from token_service.metrics import DENIALS, HTTP_DURATION, HTTP_REQUESTS, ActiveIdentities, child, render
@@ -37,7 +37,7 @@ def request_id_for(incoming: str | None, trusted: bool) -> str:
     """The gateway's ``X-Request-ID`` when a trusted gateway sent a plausible one, else a new id."""
     if trusted and incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return token_hex(16)  # the shape of a uuid4 hex, without building a UUID
+    return secrets.token_hex(16)  # the shape of a uuid4 hex, without building a UUID
 
 
 def observe(endpoint: str, method: str, path: str, status: int, elapsed: float, client_ip: str | None,

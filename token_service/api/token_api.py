@@ -20,14 +20,14 @@ from urllib.parse import parse_qsl
 
 import orjson
 from werkzeug.http import parse_cookie
-from werkzeug.wsgi import get_content_length
 
+from token_service.api.body import read_body
 from token_service.api.browser import BrowserSessions, check_csrf, session_for
 from token_service.api.cors import CorsPolicy
 from token_service.api.errors import as_service_error, problem
 from token_service.api.observability import observe, record_denial, request_id_for
 from token_service.authn.sessions import BrowserSession
-from token_service.errors import InvalidRequest, InvalidToken, MethodNotAllowed, MissingToken, PayloadTooLarge
+from token_service.errors import InvalidRequest, InvalidToken, MethodNotAllowed, MissingToken
 from token_service.issuance import IssuedToken, TokenIssuer
 from token_service.logs import request_id_var
 from token_service.ratelimit import rate_limit_headers
@@ -90,32 +90,6 @@ class Request:
         if not credentials:
             raise InvalidToken("the Bearer credentials are empty")
         return credentials
-
-
-def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
-    """The whole body, at most ``max_bytes``: a longer one is a 413, never silently cut short.
-
-    With ``Content-Length`` the length decides up front; a chunked body (the server says it ends
-    the stream, ``wsgi.input_terminated``) is read until it ends or passes the limit.
-    """
-    length = get_content_length(environ)
-    if length is not None:
-        if length > max_bytes:
-            raise PayloadTooLarge("the request body is too large")
-        # The server bounds wsgi.input by Content-Length (PEP 3333): read exactly that much.
-        return environ["wsgi.input"].read(length) if length else b""
-    if not environ.get("wsgi.input_terminated"):
-        return b""  # no length and no end marker: a body cannot be read safely
-    stream, chunks, total = environ["wsgi.input"], [], 0
-    while total <= max_bytes:
-        chunk = stream.read(max_bytes + 1 - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    if total > max_bytes:
-        raise PayloadTooLarge("the request body is too large")
-    return b"".join(chunks)
 
 
 def optional_string(body: dict[str, Any], name: str) -> str | None:

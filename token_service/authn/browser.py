@@ -126,11 +126,12 @@ class BrowserLogin:
     def complete(self, args: dict[str, str]) -> Login:
         """Finish a login from the callback's query: state, code exchange, ID token, nonce."""
         state = args.get("state", "")
+        # Authlib finds the state only through this browser's own signed marker: another browser
+        # presenting a victim's callback URL gets nothing, and leaves the victim's sign-in alone.
         data = self.client.framework.get_state_data(session, state) if state else None
-        if state:
-            self.client.framework.clear_state_data(session, state)  # one use, whatever happens next
         if data is None:
             raise InvalidRequest("this sign-in is unknown or expired; start again at /login")
+        self.client.framework.clear_state_data(session, state)  # one use, whatever happens next
         if args.get("error"):
             raise InvalidRequest(f"the identity provider refused the sign-in ({args['error'][:64]})")
         code = args.get("code")

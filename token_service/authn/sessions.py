@@ -1,9 +1,10 @@
-"""Server-side browser sessions and the indexes logout uses to find what to end.
+"""Server-side browser sessions, and what logout ends (OIDC RP-Initiated and Back-Channel Logout 1.0).
 
-The cookie holds only a random id; the store keeps the session under the id's SHA-256 digest, so
-a store dump reveals no usable cookie. Families are indexed by the IdP's session id (``sid``) and
-subject (``sub``) per issuer, and by browser session, so RP-initiated and back-channel logout can
-revoke exactly what belongs to a session.
+The cookie holds only a random id; the store keeps the session under the id's SHA-256 digest, so a
+store dump reveals no usable cookie. Each family minted through a session carries a short digest of
+it, so signing out ends exactly those families. Back-channel logout finds sessions through small
+``sid``/``sub`` indexes, and families through the store's logout maps (identity tags per ``sid`` and
+``sub`` of the [login] issuer).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
-from token_service.store.base import Store, parse_family_ref
+from token_service.store.base import Ended, FamilyPolicy, Store, short_digest
+from token_service.tokens.refresh import identity_tag
 
 _DIGEST_CHARS = 40
-_SESSION_MEMBER = "s:"  # how a logout index names a browser session (families are family_ref)
+_SESSION_MEMBER = "s:"  # how a logout index names a browser session
 
 
 def _h(value: str) -> str:
@@ -25,19 +27,11 @@ def _h(value: str) -> str:
 
 
 def idp_session_index(issuer: str, sid: str) -> str:
-    return f"bcl:{issuer}:sid:{_h(sid)}"
+    return f"bcls:{issuer}:sid:{_h(sid)}"
 
 
 def subject_index(issuer: str, sub: str) -> str:
-    return f"bcl:{issuer}:sub:{_h(sub)}"
-
-
-def logout_indexes(issuer: str, sub: str, sid: str) -> list[str]:
-    """Where a new family is listed, so a logout for this ``sid`` or ``sub`` finds it."""
-    indexes = [subject_index(issuer, sub)]
-    if sid:
-        indexes.append(idp_session_index(issuer, sid))
-    return indexes
+    return f"bcls:{issuer}:sub:{_h(sub)}"
 
 
 @dataclass(frozen=True)
@@ -55,31 +49,19 @@ class BrowserSession:
 class SessionStore:
     """Browser sessions in the shared store (memory or Redis), with a TTL."""
 
-    def __init__(self, store: Store, ttl: int) -> None:
+    def __init__(self, store: Store, ttl: int, policy: FamilyPolicy) -> None:
         self.store = store
         self.ttl = ttl
+        self.policy = policy
 
-    # Keys and index members name a session by its digest: logout indexes hold only the digest.
+    @staticmethod
+    def digest(session_id: str) -> str:
+        """How the store and its indexes name a session: never by the cookie's value itself."""
+        return _h(session_id)
+
     @staticmethod
     def _key(digest: str) -> str:
         return f"sess:{digest}"
-
-    @staticmethod
-    def _families_key(digest: str) -> str:
-        return f"sessfam:{digest}"
-
-    @staticmethod
-    def families_index(session_id: str) -> str:
-        """The index of the families minted through this browser session."""
-        return SessionStore._families_key(_h(session_id))
-
-    @staticmethod
-    def member(session_id: str) -> str:
-        """How the logout indexes name a browser session."""
-        return f"{_SESSION_MEMBER}{_h(session_id)}"
-
-    def _families_of(self, digest: str) -> list[tuple[str, str]]:
-        return [r for m in self.store.members(self._families_key(digest)) if (r := parse_family_ref(m))]
 
     def create(self, *, identity: str, role: str, role_sid: str, issuer: str, subject: str,
                idp_session: str) -> tuple[str, BrowserSession]:
@@ -87,16 +69,21 @@ class SessionStore:
         now = int(time.time())
         record = BrowserSession(identity, role, role_sid, issuer, subject, idp_session, now, now + self.ttl)
         session_id = secrets.token_urlsafe(32)
-        self.store.put(self._key(_h(session_id)), json.dumps(asdict(record)), self.ttl)
-        member = self.member(session_id)
-        for index in logout_indexes(issuer, subject, idp_session):
-            self.store.link(index, member, self.ttl)
+        digest = self.digest(session_id)
+        self.store.put(self._key(digest), json.dumps(asdict(record)), self.ttl)
+        member = _SESSION_MEMBER + digest
+        self.store.link(subject_index(issuer, subject), member, self.ttl)
+        if idp_session:
+            self.store.link(idp_session_index(issuer, idp_session), member, self.ttl)
         return session_id, record
 
     def load(self, session_id: str) -> BrowserSession | None:
         if not session_id or len(session_id) > 128:
             return None
-        raw = self.store.get(self._key(_h(session_id)))
+        return self._load(self.digest(session_id))
+
+    def _load(self, digest: str) -> BrowserSession | None:
+        raw = self.store.get(self._key(digest))
         if raw is None:
             return None
         try:
@@ -104,20 +91,33 @@ class SessionStore:
         except (ValueError, TypeError):
             return None
 
-    def end(self, session_id: str) -> int:
-        """Delete the session and revoke every family minted through it; return how many."""
-        digest = _h(session_id)
-        count = self.store.revoke_families(self._families_of(digest))
-        self.store.delete(self._key(digest))
-        self.store.delete(self._families_key(digest))
-        return count
+    def end(self, session_id: str) -> Ended:
+        """Delete the session and end every family minted through it."""
+        return self._end(self.digest(session_id), "logout")
 
-    def end_for_idp(self, index: str) -> tuple[int, int]:
-        """Back-channel logout: end the sessions and families listed under ``index``."""
-        members = self.store.members(index)
-        families = [r for m in members if (r := parse_family_ref(m))]
-        sessions = [m.removeprefix(_SESSION_MEMBER) for m in members if m.startswith(_SESSION_MEMBER)]
-        for digest in sessions:
-            self.store.delete(self._key(digest))
-            families += self._families_of(digest)
-        return len(sessions), self.store.revoke_families(families)
+    def _end(self, digest: str, reason: str) -> Ended:
+        record = self._load(digest)
+        self.store.delete(self._key(digest))
+        if record is None:
+            return Ended("", [])
+        return self.store.end_families(identity_tag(record.identity), browser_session=short_digest(digest),
+                                       reason=reason, policy=self.policy)
+
+    def end_for_idp(self, issuer: str, *, sid: str | None, sub: str | None) -> tuple[int, list[Ended]]:
+        """Back-channel logout: the sessions and families of ``sid``, or of ``sub`` when no ``sid``.
+
+        Returns how many browser sessions ended, and the families ended per identity.
+        """
+        index = idp_session_index(issuer, sid) if sid else subject_index(issuer, sub or "")
+        sessions = [m.removeprefix(_SESSION_MEMBER) for m in self.store.members(index)
+                    if m.startswith(_SESSION_MEMBER)]
+        ended = [self._end(digest, "backchannel_logout") for digest in sessions]
+        if sid:
+            tags = self.store.logout_tags(issuer, idp_session=sid)
+            match = {"idp_session": short_digest(issuer, sid)}
+        else:
+            tags = self.store.logout_tags(issuer, subject=sub or "")
+            match = {"principal": short_digest(issuer, sub or "")}
+        for tag in tags:
+            ended.append(self.store.end_families(tag, reason="backchannel_logout", policy=self.policy, **match))
+        return len(sessions), [e for e in ended if e.family_ids]

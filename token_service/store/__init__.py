@@ -34,8 +34,10 @@ def _connection_options(store: StoreSettings, password: str | None) -> dict[str,
         # Timeouts are not retried: the script may have run, and a rerun could look like reuse.
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "decode_responses": True,
-        # RESP2: no HELLO handshake, and hiredis parses every reply in C.
+        # RESP2: no HELLO handshake, and hiredis (when installed) parses every reply in C.
         "protocol": 2,
+        # No CLIENT SETINFO on connect: one round trip less for every new connection.
+        "driver_info": None,
     }
     if password:
         options["password"] = password
@@ -83,9 +85,11 @@ def _open_backend(settings: Settings) -> Store:
         if tls:
             options.update(_tls_options(store))
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc, 6379)]
-        client = redis.RedisCluster(startup_nodes=nodes, max_connections=store.max_connections,
-                                    **options)
-        return RedisStore(client, prefix=store.key_prefix, cluster=True)
+
+        def connect() -> redis.RedisCluster:
+            return redis.RedisCluster(startup_nodes=nodes, max_connections=store.max_connections, **options)
+
+        return RedisStore(connect=connect, prefix=store.key_prefix, cluster=True)
     if parts.scheme == "redis+sentinel":
         service, _, db = parts.path.strip("/").partition("/")
         if tls:

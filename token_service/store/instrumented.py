@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 from token_service.metrics import STORE_DURATION, STORE_ERRORS, child
 from token_service.store.base import (
     Bucket,
-    Family,
-    FamilyLifetimes,
+    Ended,
+    FamilyPolicy,
     Issued,
     LimitDecision,
+    NewFamily,
     Revocation,
     Rotation,
     Store,
@@ -29,31 +30,40 @@ class InstrumentedStore(Store):
     def __init__(self, inner: Store) -> None:
         self.inner = inner
 
-    def _measure(self, operation: str, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)``, timed (the arguments are passed on, not closed over: one call less)."""
+    def _measure(self, operation: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         started = time.perf_counter()
         try:
-            return call(*args)
+            return call(*args, **kwargs)
         except StoreUnavailable:
             child(STORE_ERRORS, operation).inc()
             raise
         finally:
             child(STORE_DURATION, operation).observe(time.perf_counter() - started)
 
-    def issue(self, buckets: Sequence[Bucket], family: Family, digest: str,
-              lifetimes: FamilyLifetimes, month: str = "", links: Sequence[str] = ()) -> Issued:
-        return self._measure("issue", self.inner.issue, buckets, family, digest, lifetimes, month, links)
+    def issue(self, buckets: Sequence[Bucket], family: NewFamily, policy: FamilyPolicy,
+              month: str = "") -> Issued:
+        return self._measure("issue", self.inner.issue, buckets, family, policy, month)
 
-    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str,
-               new_digest: str, lifetimes: FamilyLifetimes, month: str = "") -> Rotation:
-        return self._measure("rotate", self.inner.rotate, buckets, tag, family_id, presented, new_digest,
-                             lifetimes, month)
+    def rotate(self, buckets: Sequence[Bucket], tag: str, family_id: str, generation: int,
+               policy: FamilyPolicy, month: str = "") -> Rotation:
+        return self._measure("rotate", self.inner.rotate, buckets, tag, family_id, generation, policy, month)
 
-    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, presented: str) -> Revocation:
-        return self._measure("revoke", self.inner.revoke, buckets, tag, family_id, presented)
+    def revoke(self, buckets: Sequence[Bucket], tag: str, family_id: str, generation: int,
+               policy: FamilyPolicy) -> Revocation:
+        return self._measure("revoke", self.inner.revoke, buckets, tag, family_id, generation, policy)
 
-    def revoke_identity(self, tag: str, identity: str) -> int:
-        return self._measure("revoke_identity", self.inner.revoke_identity, tag, identity)
+    def end_families(self, tag: str, *, principal: str = "", idp_session: str = "", browser_session: str = "",
+                     reason: str, policy: FamilyPolicy) -> Ended:
+        return self._measure("end_families", self.inner.end_families, tag, principal=principal,
+                             idp_session=idp_session, browser_session=browser_session, reason=reason,
+                             policy=policy)
+
+    def logout_tags(self, issuer: str, *, subject: str = "", idp_session: str = "") -> list[str]:
+        return self._measure("logout_tags", self.inner.logout_tags, issuer, subject=subject,
+                             idp_session=idp_session)
+
+    def current_role(self, tag: str) -> str | None:
+        return self._measure("current_role", self.inner.current_role, tag)
 
     def hit(self, buckets: Sequence[Bucket]) -> LimitDecision:
         return self._measure("hit", self.inner.hit, buckets)
@@ -67,6 +77,7 @@ class InstrumentedStore(Store):
     def delete(self, key: str) -> None:
         self._measure("delete", self.inner.delete, key)
 
+
     def add_once(self, key: str, ttl: int) -> bool:
         return self._measure("add_once", self.inner.add_once, key, ttl)
 
@@ -75,9 +86,6 @@ class InstrumentedStore(Store):
 
     def members(self, index: str) -> list[str]:
         return self._measure("members", self.inner.members, index)
-
-    def revoke_families(self, refs: Sequence[tuple[str, str]]) -> int:
-        return self._measure("revoke_families", self.inner.revoke_families, refs)
 
     def active_identities(self, month: str) -> int:
         return self._measure("active_identities", self.inner.active_identities, month)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +25,6 @@ from typing import NamedTuple
 import orjson
 
 from token_service.b64url import b64url
-from token_service.entropy import token_hex
 
 CONTENT_TYPE = "twilio-fpa;v=1"
 
@@ -89,7 +89,7 @@ def mint_access_token(
 ) -> MintedToken:
     """Sign a Twilio Access Token for ``access``, valid for ``ttl`` seconds from ``now``."""
     issued_at = int(time.time()) if now is None else now
-    jti = f"{key.api_key_sid}-{token_hex(16)}"
+    jti = f"{key.api_key_sid}-{secrets.token_hex(16)}"
     claims: dict[str, object] = {
         "jti": jti,
         "grants": {"identity": access.identity, "chat": chat_grant(access)},

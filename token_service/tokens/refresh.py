@@ -1,9 +1,21 @@
-"""Refresh tokens (design 2.4): opaque, 256 bits of randomness, carrying their family.
+"""Refresh tokens (design 2.4): opaque, carrying their family and generation, proven ours by an HMAC.
 
-Layout: ``rt1.`` + base64url(identity tag 8 bytes | family id 16 bytes | secret 32 bytes). The
-identity tag (a truncated SHA-256 of the identity) is the Redis Cluster hash tag that keeps an
-identity's families, index and buckets in one slot; it reveals nothing a caller could use. The
-store only ever sees ``digest`` (SHA-256 of the whole token), never the token.
+Layout: ``rt2.`` + base64url(identity tag 16 bytes | family id 8 bytes | generation 4 bytes | MAC 32 bytes),
+where MAC = HMAC-SHA256(refresh key, ``rt2`` | tag | family | generation).
+
+Why a derived secret rather than a random one: every generation of a family has exactly one token,
+which the service can derive again from the family id and the generation number. The store then keeps
+only the current generation number (O(1) memory per family, however many rotations), and:
+
+- a token of an older generation is provably one of ours, so presenting it is reuse, for the family's
+  whole lifetime (no list of spent tokens to cap);
+- a client whose answer was lost retries with the token it still holds and gets the *same* successor
+  again, so a retry is not mistaken for theft and no second successor ever exists;
+- a made-up token fails the MAC check here, before any store call or any identity's rate-limit bucket
+  is touched.
+
+The identity tag (a truncated SHA-256 of the identity) is the Redis Cluster hash tag that keeps an
+identity's records in one slot. The refresh key never reaches the store: a store dump yields no token.
 """
 
 from __future__ import annotations
@@ -11,58 +23,85 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
+import secrets
+import struct
 from typing import NamedTuple
 
-from token_service.b64url import b64url
-from token_service.entropy import token_bytes, token_hex
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from token_service.errors import InvalidGrant
 
-PREFIX = "rt1."
-_TAG_BYTES, _FAMILY_BYTES, _SECRET_BYTES = 8, 16, 32
-_RAW_BYTES = _TAG_BYTES + _FAMILY_BYTES + _SECRET_BYTES
-PATTERN = r"^rt1\.[A-Za-z0-9_-]{75}$"  # also the OpenAPI description's schema of a refresh token
+PREFIX = "rt2."
+_TAG_BYTES, _FAMILY_BYTES, _GENERATION_BYTES, _MAC_BYTES = 16, 8, 4, 32
+_RAW_BYTES = _TAG_BYTES + _FAMILY_BYTES + _GENERATION_BYTES + _MAC_BYTES
+_CHARS = _RAW_BYTES * 4 // 3  # a multiple of 3 bytes: base64 without padding
+PATTERN = rf"^rt2\.[A-Za-z0-9_-]{{{_CHARS}}}$"  # also the OpenAPI description's schema of a refresh token
 _SHAPE = re.compile(PATTERN)
+MAX_GENERATION = 2**32 - 1
+MALFORMED = "the refresh token is malformed; sign in again"
+NOT_OURS = "the refresh token is invalid, expired or revoked; sign in again"
 
 
 class RefreshToken(NamedTuple):
+    """A refresh token taken apart: whose it is (tag), which family, which generation."""
+
     value: str
-    tag: str
-    family_id: str
-
-    @property
-    def digest(self) -> str:
-        return digest(self.value)
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+    tag: str  # hex
+    family_id: str  # hex
+    generation: int
 
 
 def identity_tag(identity: str) -> str:
+    """128 bits of SHA-256(identity), hex: unique per identity for all practical purposes."""
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[: 2 * _TAG_BYTES]
 
 
 def new_family_id() -> str:
-    return token_hex(_FAMILY_BYTES)
+    """64 random bits: a family id only has to be unique among one identity's families."""
+    return secrets.token_hex(_FAMILY_BYTES)
 
 
-def mint_refresh_token(tag: str, family_id: str) -> RefreshToken:
-    raw = bytes.fromhex(tag) + bytes.fromhex(family_id) + token_bytes(_SECRET_BYTES)
-    value = PREFIX + b64url(raw)
-    return RefreshToken(value=value, tag=tag, family_id=family_id)
+def derive_refresh_key(dedicated: str | None, api_key_secret: str) -> bytes:
+    """The HMAC key: the dedicated secret when set, else one derived (HKDF) from the API key secret.
+
+    Deriving keeps a deployment to the secrets it already has; a dedicated key lets the Twilio API
+    key rotate without signing everyone out (every refresh token is bound to this key).
+    """
+    material = (dedicated or api_key_secret).encode("utf-8")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"token-service refresh token key v2")
+    return hkdf.derive(material)
 
 
-def parse_refresh_token(value: str) -> RefreshToken:
-    """The token's tag and family, or ``InvalidGrant`` for anything not shaped like ours."""
-    if not _SHAPE.fullmatch(value):  # not match(): its $ would let a trailing newline through
-        raise InvalidGrant("the refresh token is malformed; sign in again")
-    try:
-        raw = base64.urlsafe_b64decode(value[len(PREFIX):] + "=")
-    except (binascii.Error, ValueError):
-        raise InvalidGrant("the refresh token is malformed; sign in again") from None
-    if len(raw) != _RAW_BYTES:
-        raise InvalidGrant("the refresh token is malformed; sign in again")
-    tag = raw[:_TAG_BYTES].hex()
-    family_id = raw[_TAG_BYTES:_TAG_BYTES + _FAMILY_BYTES].hex()
-    return RefreshToken(value=value, tag=tag, family_id=family_id)
+class RefreshTokens:
+    """Mints and checks refresh tokens with one key (shared by every worker and replica)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def _signature(self, body: bytes) -> bytes:
+        mac = self._mac.copy()  # keyed once; copying is cheaper than keying per token
+        mac.update(b"rt2")
+        mac.update(body)
+        return mac.digest()
+
+    def mint(self, tag: str, family_id: str, generation: int) -> str:
+        body = bytes.fromhex(tag) + bytes.fromhex(family_id) + struct.pack(">I", generation)
+        return PREFIX + base64.urlsafe_b64encode(body + self._signature(body)).decode("ascii")
+
+    def parse(self, value: str) -> RefreshToken:
+        """The token's tag, family and generation, or ``InvalidGrant`` unless it is shaped like ours
+        and its MAC holds (checked in constant time)."""
+        if not _SHAPE.fullmatch(value):  # fullmatch: a trailing newline is not a token
+            raise InvalidGrant(MALFORMED)
+        try:  # 80 characters encode 60 bytes exactly: no padding, and only one encoding of each
+            raw = base64.urlsafe_b64decode(value[len(PREFIX):])
+        except (binascii.Error, ValueError):
+            raise InvalidGrant(MALFORMED) from None
+        body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._signature(body)):
+            raise InvalidGrant(NOT_OURS)
+        tag, family, generation = body[:_TAG_BYTES], body[_TAG_BYTES:_TAG_BYTES + _FAMILY_BYTES], body[-4:]
+        return RefreshToken(value, tag.hex(), family.hex(), struct.unpack(">I", generation)[0])

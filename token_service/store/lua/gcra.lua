@@ -53,19 +53,3 @@ local function check_buckets()
   end
   return nil, now, states
 end
-
--- Add a member to an index set (identity, logout), and keep the set at least ttl_ms milliseconds.
-local function keep_member(key, member, ttl_ms)
-  redis.call('SADD', key, member)
-  if redis.call('PTTL', key) < ttl_ms then
-    redis.call('PEXPIRE', key, ttl_ms)
-  end
-end
-
--- Billing: count the identity tag as active this month (a HyperLogLog: 12 KB for any number).
-local function count_active(key, tag)
-  if key and redis.call('PFADD', key, tag) == 1 then
-    redis.call('EXPIRE', key, 3456000)
-  end
-end
-

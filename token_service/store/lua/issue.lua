@@ -1,29 +1,74 @@
--- Check the buckets, then store a new refresh-token family (design 2.4).
--- KEYS: buckets..., family hash, live set, identity index, [active-identities HyperLogLog],
---       logout indexes (IdP session, subject, browser session)...
--- ARGV: n, bucket pairs..., family id, token digest, idle s, absolute s, identity tag, identity,
---       family metadata (JSON), 1 when the HyperLogLog key is given else 0, family reference.
-local refused, now, states = check_buckets()
+-- Check the buckets, then start a refresh-token family at generation 0 (design 2.4).
+-- KEYS: buckets..., identity record, [active-identities HyperLogLog], logout maps (sub, sid)...
+-- ARGV: n, bucket pairs..., family id, identity, role, issuer, sub, principal digest, IdP session
+--       digest, browser session digest, idle s, absolute s, confirmed at (0: now, a sign-in),
+--       identity tag, 1 when the HyperLogLog key is given else 0.
+-- A sign-in makes its role the identity's current role; a browser session's later token (confirmed
+-- at its sign-in) takes the current role when there is one.
+local refused, now_ms, states = check_buckets()
 if refused then
   return refused
 end
 local n = tonumber(ARGV[1])
-local fam, live, idx = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local o = 2 + 2 * n
-local family_id, digest = ARGV[o], ARGV[o + 1]
-local idle, absolute = tonumber(ARGV[o + 2]) * 1000, tonumber(ARGV[o + 3]) * 1000
-local abs_exp = now + absolute
-local expires = math.min(abs_exp, now + idle)
-redis.call('HSET', fam, 'abs_exp', abs_exp, 'revoked', '0', 'identity', ARGV[o + 5], 'meta', ARGV[o + 6])
-redis.call('SADD', live, digest)
-redis.call('PEXPIREAT', fam, expires)
-redis.call('PEXPIREAT', live, expires)
-keep_member(idx, family_id, absolute)
-local has_hll = tonumber(ARGV[o + 7])
+local record = KEYS[n + 1]
+local family_id, identity, role = ARGV[o], ARGV[o + 1], ARGV[o + 2]
+local issuer, subject, principal = ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+local session, browser = ARGV[o + 6], ARGV[o + 7]
+local idle, absolute = tonumber(ARGV[o + 8]), tonumber(ARGV[o + 9])
+local confirmed_at, tag, has_hll = tonumber(ARGV[o + 10]), ARGV[o + 11], tonumber(ARGV[o + 12])
+local now = math.floor(now_ms / 1000)
+
+local current = redis.call('HMGET', record, 'i', 'r')
+if current[1] and current[1] ~= identity then
+  return redis.error_reply('identity tag collision')
+end
+local previous = current[2]
+local role_now = role
+if confirmed_at == 0 then
+  redis.call('HSET', record, 'i', identity, 'r', role, 'rc', now)
+elseif previous then
+  role_now = previous
+else
+  redis.call('HSET', record, 'i', identity, 'r', role, 'rc', confirmed_at)
+end
+
+-- Forget ended families (and subjects no family names) once the record holds more than a few.
+if redis.call('HLEN', record) > 12 then
+  local all = redis.call('HGETALL', record)
+  local gone, named = {}, {}
+  for i = 1, #all, 2 do
+    if #all[i] == 16 then
+      local fields = split(all[i + 1])
+      if family_end(fields, idle, absolute) <= now then
+        gone[#gone + 1] = all[i]
+      else
+        named['p:' .. fields[5]] = true  -- live or tombstone: the principal is the 5th field
+      end
+    end
+  end
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'p:' and not named[all[i]] then
+      gone[#gone + 1] = all[i]
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', record, unpack(gone))
+  end
+end
+
+redis.call('HSET', record, 'p:' .. principal, issuer .. '\t' .. subject,
+  family_id, family_value(0, now, now, role_now, principal, session, browser))
+local expires = now + math.min(idle, absolute)
+keep_until(record, expires)
 if has_hll == 1 then
-  count_active(KEYS[n + 4], ARGV[o + 4])
+  count_active(KEYS[n + 2], tag)
 end
-for i = n + 4 + has_hll, #KEYS do
-  keep_member(KEYS[i], ARGV[o + 8], absolute)
+for i = n + 2 + has_hll, #KEYS do
+  add_tag(KEYS[i], tag, absolute * 1000)
 end
-return {'ok', 0, states, {}, math.floor(expires / 1000)}
+local changed = ''
+if previous and previous ~= role_now then
+  changed = previous
+end
+return {'ok', 0, states, role_now, expires, changed}
