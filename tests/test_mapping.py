@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 RL_USER = "RL" + "1" * 32
 RL_ADMIN = "RL" + "2" * 32
-EMAIL = IdentityPolicy(source="{email}", reserved="allow", allowed_reserved=frozenset("@"))
+EMAIL = IdentityPolicy(sources=("{email}",), reserved="allow", allowed_reserved=frozenset("@"))
 
 
 def cond(claim: str, **kw: object) -> ClaimCondition:
@@ -53,7 +53,7 @@ def test_email_verified_as_string_true_is_accepted_and_check_can_be_turned_off()
 
 
 def test_template_and_prefix_and_nested_claims() -> None:
-    policy = IdentityPolicy(source="{tenant.id}-{sub}", prefix="corp.")
+    policy = IdentityPolicy(sources=("{tenant.id}-{sub}",), prefix="corp.")
     claims = {"sub": "1234", "tenant": {"id": "eu"}}
     assert derive_identity(claims, policy) == "corp.eu-1234"
 
@@ -66,13 +66,13 @@ def test_literal_claim_names_with_dots_win_over_paths() -> None:
 @pytest.mark.parametrize("claims", [{}, {"sub": ""}, {"sub": None}, {"sub": ["x"]}, {"sub": True}])
 def test_missing_or_non_string_identity_claim(claims: dict) -> None:
     with pytest.raises(InvalidIdentity):
-        derive_identity(claims, IdentityPolicy(source="{sub}"))
+        derive_identity(claims, IdentityPolicy(sources=("{sub}",)))
 
 
 @pytest.mark.parametrize("ch", list(RESERVED_CHARACTERS))
 def test_each_reserved_character_is_rejected_by_default(ch: str) -> None:
     with pytest.raises(InvalidIdentity, match="reserved character"):
-        derive_identity({"sub": f"a{ch}b"}, IdentityPolicy(source="{sub}"))
+        derive_identity({"sub": f"a{ch}b"}, IdentityPolicy(sources=("{sub}",)))
 
 
 def test_allow_policy_allows_only_the_listed_characters() -> None:
@@ -82,7 +82,7 @@ def test_allow_policy_allows_only_the_listed_characters() -> None:
 
 
 def test_percent_encode_policy_is_deterministic_and_injective() -> None:
-    policy = IdentityPolicy(source="{sub}", reserved="percent-encode")
+    policy = IdentityPolicy(sources=("{sub}",), reserved="percent-encode")
     assert derive_identity({"sub": "a:b%c"}, policy) == "a%3Ab%25c"
     assert derive_identity({"sub": "a:b%c"}, policy) == derive_identity({"sub": "a:b%c"}, policy)
     assert derive_identity({"sub": "a%3Ab"}, policy) != derive_identity({"sub": "a:b"}, policy)
@@ -91,7 +91,7 @@ def test_percent_encode_policy_is_deterministic_and_injective() -> None:
 @pytest.mark.parametrize("value", ["a b", "a\tb", "a\nb", "a\x00b", "a\u200bb", "a\u2028b", "\u00a0"])
 def test_whitespace_and_control_characters_are_rejected(value: str) -> None:
     with pytest.raises(InvalidIdentity, match="whitespace or a control"):
-        derive_identity({"sub": value}, IdentityPolicy(source="{sub}"))
+        derive_identity({"sub": value}, IdentityPolicy(sources=("{sub}",)))
 
 
 def test_every_ascii_character_is_judged_as_the_unicode_rule_judges_it() -> None:
@@ -99,7 +99,7 @@ def test_every_ascii_character_is_judged_as_the_unicode_rule_judges_it() -> None
     rule (whitespace, or category Cc, Cf, Cs, Zl, Zp, Zs) refuses."""
     import unicodedata
 
-    policy = IdentityPolicy(source="{sub}", reserved="percent-encode")
+    policy = IdentityPolicy(sources=("{sub}",), reserved="percent-encode")
     for code in range(128):
         ch = chr(code)
         refused = ch.isspace() or unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp", "Zs"}
@@ -112,19 +112,19 @@ def test_every_ascii_character_is_judged_as_the_unicode_rule_judges_it() -> None
 
 
 def test_templates_with_several_claims_and_literals() -> None:
-    policy = IdentityPolicy(source="tenant-{org.id}:{sub}!", reserved="allow", allowed_reserved=frozenset(":!"))
-    assert derive_identity({"org": {"id": 7}, "sub": "u1"}, policy) == "tenant-7:u1!"
+    policy = IdentityPolicy(sources=("tenant-{org.id}:{sub}!",), reserved="allow", allowed_reserved=frozenset(":!"))
+    assert derive_identity({"org": {"id": "7"}, "sub": "u1"}, policy) == "tenant-7:u1!"
     with pytest.raises(InvalidIdentity, match="'org.id'"):
         derive_identity({"sub": "u1"}, policy)
 
 
 def test_every_reserved_character_allowed() -> None:
-    policy = IdentityPolicy(source="{sub}", reserved="allow", allowed_reserved=frozenset(RESERVED_CHARACTERS))
+    policy = IdentityPolicy(sources=("{sub}",), reserved="allow", allowed_reserved=frozenset(RESERVED_CHARACTERS))
     assert derive_identity({"sub": RESERVED_CHARACTERS}, policy) == RESERVED_CHARACTERS
 
 
 def test_length_limit_counts_prefix_and_encoding() -> None:
-    policy = IdentityPolicy(source="{sub}", prefix="p-", max_length=10)
+    policy = IdentityPolicy(sources=("{sub}",), prefix="p-", max_length=10)
     assert derive_identity({"sub": "x" * 8}, policy) == "p-" + "x" * 8
     with pytest.raises(InvalidIdentity, match="11 characters long; the limit is 10"):
         derive_identity({"sub": "x" * 9}, policy)
@@ -164,7 +164,7 @@ def test_roles_first_match_wins_then_default_then_403() -> None:
 
 def test_map_claims_runs_gate_identity_and_role() -> None:
     policy = RolePolicy(rules=[], sids={"user": RL_USER}, default="user")
-    mapped = map_claims({"sub": "s1"}, IdentityPolicy(source="{sub}"), [], policy)
+    mapped = map_claims({"sub": "s1"}, IdentityPolicy(sources=("{sub}",)), [], policy)
     assert (mapped.identity, mapped.role, mapped.role_sid) == ("s1", "user", RL_USER)
     with pytest.raises(AccessDenied):
-        map_claims({"sub": "s1"}, IdentityPolicy(source="{sub}"), [cond("x", equals=1)], policy)
+        map_claims({"sub": "s1"}, IdentityPolicy(sources=("{sub}",)), [cond("x", equals=1)], policy)

@@ -12,10 +12,18 @@ from typing import NamedTuple
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
 from token_service.authn.sessions import BrowserSession, SessionStore, logout_indexes
 from token_service.conversations import SyncSettings, UserSync
-from token_service.errors import InvalidGrant, InvalidRequest, RateLimited, ServiceError
+from token_service.errors import GroupOverage, InvalidGrant, InvalidRequest, RateLimited, ServiceError
 from token_service.logs import AuditLog
-from token_service.mapping import IdentityPolicy, Mapped, map_claims
-from token_service.metrics import FAMILIES_REVOKED, RATE_LIMITED, REFRESHES, TOKENS_ISSUED, child, current_month
+from token_service.mapping import Condition, IdentityPolicy, Mapped, RolePolicy, map_claims
+from token_service.metrics import (
+    FAMILIES_REVOKED,
+    GROUP_OVERAGE,
+    RATE_LIMITED,
+    REFRESHES,
+    TOKENS_ISSUED,
+    child,
+    current_month,
+)
 from token_service.ratelimit import RateLimiter, rate_limit_headers
 from token_service.settings import Settings
 from token_service.store.base import Bucket, Family, FamilyLifetimes, LimitDecision, Store, StoreUnavailable
@@ -93,10 +101,14 @@ class TokenIssuer:
             api_key_secret=settings.secrets.twilio_api_key_secret.get_secret_value(),
             region=twilio.region,
         )
+        # Each issuer's own rules (the global sections where it has none): never another's.
         self._identity_policies: dict[str, IdentityPolicy] = {
             i.name: settings.identity_policy(i) for i in settings.issuers
         }
-        self._role_policy = settings.role_policy()
+        self._requirements: dict[str, list[Condition]] = {
+            i.name: list(settings.access_requirements(i)) for i in settings.issuers
+        }
+        self._role_policies: dict[str, RolePolicy] = {i.name: settings.role_policy(i) for i in settings.issuers}
         self.lifetimes = FamilyLifetimes(
             idle=settings.refresh.idle_ttl,
             absolute=settings.refresh.absolute_ttl,
@@ -138,12 +150,13 @@ class TokenIssuer:
 
     def map_verified(self, verified: VerifiedToken) -> Mapped:
         """Access gate, identity and role for verified claims, with this issuer's cached policies."""
-        return map_claims(
-            verified.claims,
-            self._identity_policies[verified.issuer.name],
-            self.settings.access.require,
-            self._role_policy,
-        )
+        name = verified.issuer.name
+        try:
+            return map_claims(verified.claims, self._identity_policies[name], self._requirements[name],
+                              self._role_policies[name])
+        except GroupOverage:
+            child(GROUP_OVERAGE, name).inc()
+            raise
 
     # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:

@@ -67,6 +67,14 @@ STORE_ERRORS = Counter(
 STORE_DURATION = Histogram(
     "token_service_store_duration_seconds", "Time of one store call.", ["operation"], buckets=STORE_BUCKETS
 )
+GROUP_OVERAGE = Counter(
+    "token_service_group_overage_total",
+    "Tokens refused because the IdP left the groups out (group overage).", ["issuer"]
+)
+OPAQUE_CHECKS = Counter(
+    "token_service_opaque_token_checks_total",
+    "Opaque access tokens checked at their issuer (introspection, userinfo), by result.", ["issuer", "result"]
+)
 FAMILIES_REVOKED = Counter(
     "token_service_families_revoked_total", "Refresh-token families ended, by reason.", ["reason"]
 )
