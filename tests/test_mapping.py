@@ -168,3 +168,82 @@ def test_map_claims_runs_gate_identity_and_role() -> None:
     assert (mapped.identity, mapped.role, mapped.role_sid) == ("s1", "user", RL_USER)
     with pytest.raises(AccessDenied):
         map_claims({"sub": "s1"}, IdentityPolicy(sources=("{sub}",)), [cond("x", equals=1)], policy)
+
+
+def test_json_pointer_reaches_names_with_dots_slashes_and_colons() -> None:
+    claims = {"resource_access": {"chat.example.com": {"roles": ["admin"]}},
+              "https://chat.example.com/app_metadata": {"team:id": "t1"}, "list": [{"a": 1}]}
+    assert claim_value(claims, "/resource_access/chat.example.com/roles") == ["admin"]
+    assert claim_value(claims, "/https:~1~1chat.example.com~1app_metadata/team:id") == "t1"
+    assert claim_value(claims, "/list/0/a") == 1
+    for missing in ("/list/1", "/list/-", "/resource_access/chat", "/nope/deeper"):
+        with pytest.raises(AccessDenied):
+            check_access(claims, [cond(missing, glob="*")])
+    # The dotted form cannot say it: it splits at every dot.
+    with pytest.raises(AccessDenied):
+        check_access(claims, [cond("resource_access.chat.example.com.roles", equals="admin")])
+    check_access(claims, [cond("/resource_access/chat.example.com/roles", equals="admin")])
+
+
+def test_first_present_identity_source_wins() -> None:
+    """Okta: an access token has the user id in `uid` (and the login in `sub`); an ID token in `sub`."""
+    policy = IdentityPolicy(sources=("{uid}", "{sub}"))
+    assert derive_identity({"uid": "00u1", "sub": "jane.doe@example.com"}, policy) == "00u1"
+    assert derive_identity({"sub": "00u1"}, policy) == "00u1"
+    assert derive_identity({"uid": "", "sub": "00u1"}, policy) == "00u1"  # empty is absent
+    with pytest.raises(InvalidIdentity, match="none of the claims the identity is built from \\('uid', 'sub'\\)"):
+        derive_identity({"email": "x@y.z"}, policy)
+    tenant = IdentityPolicy(sources=("{tid}.{oid}",))
+    assert derive_identity({"tid": "t", "oid": "o"}, tenant) == "t.o"
+    with pytest.raises(InvalidIdentity):
+        derive_identity({"oid": "o"}, tenant)  # a template counts as present only when all of it is
+
+
+@pytest.mark.parametrize("value", [12345, 1.5, True, ["a"], {"a": "b"}])
+def test_non_string_identity_is_refused_not_stringified(value: object) -> None:
+    """A number-valued claim once became the identity "12345"."""
+    with pytest.raises(InvalidIdentity, match="'uid' claim is not a string"):
+        derive_identity({"uid": value, "sub": "fallback"}, IdentityPolicy(sources=("{uid}", "{sub}")))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"https://chat.example.com/email": "a@example.com", "email_verified": False},
+        {"https://chat.example.com/email": "a@example.com"},
+        {"mail": "a@example.com", "email_verified": "no"},
+        {"upn": "a@example.com"},  # an address under any name
+    ],
+)
+def test_renamed_email_claim_cannot_skip_verification(claims: dict) -> None:
+    source = next(iter(claims))
+    policy = IdentityPolicy(sources=("{" + source + "}",), reserved="allow", allowed_reserved=frozenset("@"))
+    with pytest.raises(InvalidIdentity, match="not verified"):
+        derive_identity(claims, policy)
+
+
+def test_verified_claim_name_is_configurable() -> None:
+    policy = IdentityPolicy(sources=("{https://ns/email}",), email_verified_claim="/https:~1~1ns~1verified",
+                            reserved="allow", allowed_reserved=frozenset("@"))
+    claims = {"https://ns/email": "a@example.com", "email_verified": True}
+    with pytest.raises(InvalidIdentity, match="~1ns~1verified is not true"):
+        derive_identity(claims, policy)  # another claim's flag does not count
+    assert derive_identity({**claims, "https://ns/verified": True}, policy) == "a@example.com"
+
+
+def test_group_overage_is_refused_only_where_a_rule_reads_the_missing_claim() -> None:
+    from token_service.errors import GroupOverage
+
+    overage = {"sub": "s", "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "x"}}}
+    on_groups = RolePolicy(rules=[RoleRule(claim="groups", equals="g1", role="admin")], sids={"admin": RL_ADMIN,
+                           "user": RL_USER}, default="user")
+    with pytest.raises(GroupOverage, match="group overage"):
+        map_claims(overage, IdentityPolicy(sources=("{sub}",)), [], on_groups)
+    with pytest.raises(GroupOverage):  # an access gate on groups, too
+        map_claims(overage, IdentityPolicy(sources=("{sub}",)), [cond("groups", equals="g1")],
+                   RolePolicy(rules=[], sids={"user": RL_USER}, default="user"))
+    with pytest.raises(GroupOverage):  # the implicit flow's marker
+        map_claims({"sub": "s", "hasgroups": True}, IdentityPolicy(sources=("{sub}",)), [], on_groups)
+    on_roles = RolePolicy(rules=[RoleRule(claim="roles", equals="Chat.Admin", role="admin")],
+                          sids=on_groups.sids, default="user")
+    assert map_claims(overage, IdentityPolicy(sources=("{sub}",)), [], on_roles).role == "user"
