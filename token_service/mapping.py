@@ -29,7 +29,7 @@ RESERVED_CHARACTERS = "!*'();:@&=+$,/?%#[]"
 ReservedPolicy = Literal["reject", "allow", "percent-encode"]
 
 _MISSING = object()
-_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 class Condition(Protocol):
@@ -226,7 +226,7 @@ def _template(source: str) -> tuple[tuple[str, str | None], ...]:
     """``"{a}-{b}"`` as (literal, claim) pieces, parsed once per template rather than per request."""
     pieces: list[tuple[str, str | None]] = []
     end = 0
-    for match in _TEMPLATE_FIELD.finditer(source):
+    for match in TEMPLATE_FIELD.finditer(source):
         pieces.append((source[end:match.start()], match.group(1)))
         end = match.end()
     if end < len(source):

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from token_service.errors import ConfigError
-from token_service.mapping import RESERVED_CHARACTERS, IdentityPolicy, RolePolicy
+from token_service.mapping import RESERVED_CHARACTERS, TEMPLATE_FIELD, IdentityPolicy, RolePolicy
 
 CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
 API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
@@ -97,17 +97,17 @@ def _check_claim_path(value: str) -> str:
 
 
 ClaimPath = Annotated[str, AfterValidator(_check_claim_path)]
-_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
 def _check_identity_source(value: str) -> str:
     """A claim path, or a template such as ``{tid}.{oid}`` whose every field is a claim path."""
-    fields = _TEMPLATE_FIELD.findall(value)
+    fields = TEMPLATE_FIELD.findall(value)
     if not fields:
         return _check_claim_path(value)
     for field in fields:
         _check_claim_path(field)
-    if _TEMPLATE_FIELD.sub("", value).count("{") or _TEMPLATE_FIELD.sub("", value).count("}"):
+    rest = TEMPLATE_FIELD.sub("", value)
+    if "{" in rest or "}" in rest:
         raise ValueError("has an unmatched brace: write a template as '{claim}' or '{a}.{b}'")
     return value
 
@@ -394,7 +394,7 @@ class IssuerSettings(_Section):
     def _consistent(self) -> IssuerSettings:
         if sum(1 for v in (self.identity_claim, self.identity_template, self.identity_sources) if v) > 1:
             raise ValueError("set one of identity_claim, identity_template, identity_sources")
-        if self.identity_template is not None and not _TEMPLATE_FIELD.search(self.identity_template):
+        if self.identity_template is not None and not TEMPLATE_FIELD.search(self.identity_template):
             raise ValueError("identity_template must reference at least one claim, e.g. '{sub}'")
         if sum(1 for v in (self.jwks_uri, self.jwks_file, self.discovery_url) if v) > 1:
             raise ValueError("set one of jwks_uri, jwks_file, discovery_url")
@@ -452,7 +452,7 @@ class IssuerSettings(_Section):
     def identity_templates(self) -> tuple[str, ...]:
         """The ordered identity sources as templates; a plain claim path is the template ``{path}``."""
         sources = self.identity_sources or [self.identity_template or self.identity_claim or "sub"]
-        return tuple(s if _TEMPLATE_FIELD.search(s) else "{" + s + "}" for s in sources)
+        return tuple(s if TEMPLATE_FIELD.search(s) else "{" + s + "}" for s in sources)
 
     @property
     def identity_source(self) -> str:
