@@ -319,6 +319,7 @@ class DevIdP:
         keys: list[dict[str, Any]] | None = None,
         users: dict[str, dict[str, Any]] | None = None,
         clients: list[dict[str, Any]] | None = None,
+        extra_clients: list[dict[str, Any]] | None = None,
         resource: str = DEFAULT_RESOURCE,
         workdir: Path | None = None,
         node: str = "node",
@@ -328,6 +329,7 @@ class DevIdP:
         self.keys = keys if keys is not None else generate_keys()
         self.users = copy.deepcopy(users if users is not None else DEFAULT_USERS)
         self.clients = clients
+        self.extra_clients = extra_clients or []
         self.resource = resource
         self.node = node
         self._own_workdir = workdir is None
@@ -361,6 +363,8 @@ class DevIdP:
         }
         if self.clients is not None:
             cfg["clients"] = self.clients
+        if self.extra_clients:
+            cfg["extra_clients"] = self.extra_clients
         return cfg
 
     def _write_config(self) -> Path:
@@ -484,11 +488,16 @@ class DevIdP:
         resp.raise_for_status()
         return resp.json()
 
-    def jwks_requests(self) -> int:
-        """How many GETs the jwks endpoint served since this process started."""
+    def stats(self) -> dict[str, int]:
+        """Requests served since this process started: ``jwks_requests``, ``introspection_requests``,
+        ``userinfo_requests``."""
         resp = requests.get(f"{self.issuer}/_devidp/stats", timeout=HTTP_TIMEOUT)
         resp.raise_for_status()
-        return int(resp.json()["jwks_requests"])
+        return {k: int(v) for k, v in resp.json().items()}
+
+    def jwks_requests(self) -> int:
+        """How many GETs the jwks endpoint served since this process started."""
+        return self.stats()["jwks_requests"]
 
     def login(
         self,

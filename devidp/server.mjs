@@ -52,7 +52,8 @@ function loadConfig(path) {
     issuer: raw.issuer,
     keys: raw.keys,
     users: raw.users ?? {},
-    clients: raw.clients ?? defaultClients(),
+    // `extra_clients` adds to the defaults (e.g. a confidential client that introspects tokens).
+    clients: [...(raw.clients ?? defaultClients()), ...(raw.extra_clients ?? [])],
     resource: raw.resource ?? DEFAULT_RESOURCE,
   };
   if (!Number.isInteger(config.port)) throw new Error('config.port must be an integer');
@@ -177,6 +178,20 @@ function buildProvider(config) {
 
     features: {
       devInteractions: { enabled: false },
+      // Opaque access tokens (a login without `resource`) are checked by RFC 7662 introspection,
+      // which any authenticated (confidential) client may call, and by userinfo.
+      introspection: {
+        enabled: true,
+        async allowedPolicy(ctx, client) {
+          return client.clientAuthMethod !== 'none';
+        },
+      },
+      revocation: {
+        enabled: true,
+        async allowedPolicy(ctx, client, token) {
+          return token.clientId === client.clientId;
+        },
+      },
       backchannelLogout: { enabled: true },
       rpInitiatedLogout: { enabled: true },
       resourceIndicators: {
@@ -250,6 +265,8 @@ function installRoutes(provider, config, stats) {
 
   provider.use(async (ctx, next) => {
     if (ctx.method === 'GET' && ctx.path === jwksPath) stats.jwks_requests += 1;
+    if (ctx.method === 'POST' && ctx.path === '/token/introspection') stats.introspection_requests += 1;
+    if (ctx.path === '/me') stats.userinfo_requests += 1;
 
     if (ctx.method === 'GET' && ctx.path === '/_devidp/stats') {
       ctx.body = { ...stats };
@@ -341,7 +358,7 @@ function main() {
     process.exit(2);
   }
   const config = loadConfig(configPath);
-  const stats = { jwks_requests: 0 };
+  const stats = { jwks_requests: 0, introspection_requests: 0, userinfo_requests: 0 };
   const provider = buildProvider(config);
   installRoutes(provider, config, stats);
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SERVICE_ENV, TWILIO_SECRET, config_dict
+from tests.support import ROOT, SERVICE_ENV, TWILIO_SECRET, config_dict
 from token_service.errors import ConfigError
 from token_service.settings import load_settings, settings_from_dict
 
@@ -187,3 +187,75 @@ def test_redis_password_comes_from_env() -> None:
     settings = settings_from_dict(with_("store", {"url": "redis://127.0.0.1:6379/0"}), environ=env)
     assert settings.secrets.redis_password is not None
     assert settings.secrets.redis_password.get_secret_value() == "pw-from-env"
+
+
+def issuer_with(**keys: object) -> dict:
+    data = config_dict(ISSUER)
+    data["issuers"][0].update(keys)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("keys", "rule"),
+    [
+        ({"identity_claim": "/a~2b"}, "issuers[0].identity_claim: '/a~2b': is not a valid JSON Pointer"),
+        ({"identity_claim": None, "identity_sources": ["uid", "{tid}.{oid"]}, "unmatched brace"),
+        ({"identity_claim": None, "identity_sources": ["uid"], "identity_template": "{sub}"},
+         "set one of identity_claim, identity_template, identity_sources"),
+        ({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "jwks_uri": "https://k.example/keys"},
+         "needs the tenants it accepts (tenants = [...]) or, explicitly, any_tenant = true"),
+        ({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "any_tenant": True},
+         "set discovery_url"),
+        ({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "jwks_uri": "https://k.example/keys",
+          "tenants": ["contoso"]}, "'contoso' is not a tenant id"),
+        ({"tenants": ["9188040d-6c67-4c5b-b112-36a304b66dad"]}, "need {tenantid} in the issuer"),
+        ({"audiences": []}, "needs audiences"),
+        ({"client_id_claim": "client_id"}, "client_id_claim = 'client_id' needs client_ids"),
+        ({"client_id_claim": "aud", "client_ids": ["x"]}, "issuers[0].client_id_claim: 'aud': Input should be"),
+        ({"tolerated_audiences": ["account"]}, "set client_id_claim too"),
+        ({"algorithms": ["Ed25519", "HS256"]}, "'HS256' is not allowed"),
+        ({"roles": {"rules": [{"claim": "roles", "equals": "x", "role": "owner"}]}},
+         "issuers[test].roles.rules[0].role 'owner' is not a key of roles.sids"),
+        ({"opaque": {"checks": ["userinfo"]}}, "userinfo alone cannot tell which client"),
+        ({"opaque": {"checks": ["introspection"]}}, "introspection needs client_id and credential_env"),
+        ({"opaque": {"checks": ["introspection"], "client_id": "c", "credential_env": "IDP_INTROSPECT"}},
+         "neither IDP_INTROSPECT nor IDP_INTROSPECT_FILE is set"),
+        ({"opaque": {"checks": ["introspection"], "client_id": "c", "credential_env": "secret value"}},
+         "issuers[0].opaque.credential_env: 'secret value': String should match pattern"),
+    ],
+)
+def test_new_issuer_keys_are_explained(keys: dict, rule: str) -> None:
+    found = problems(issuer_with(**keys))
+    assert any(rule in p for p in found), found
+
+
+def test_issuer_strings_and_opaque_routes_must_be_unambiguous() -> None:
+    data = config_dict(ISSUER)
+    data["issuers"].append({**data["issuers"][0], "name": "other", "issuer": "https://other.example",
+                            "issuer_aliases": [ISSUER]})
+    assert "issuer must be unique, repeated: https://login.example.com/" in problems(data)[0]
+    opaque = {"checks": ["userinfo"], "any_client": True}
+    data = config_dict(ISSUER)
+    data["issuers"][0]["opaque"] = opaque
+    data["issuers"].append({**data["issuers"][0], "name": "other", "issuer": "https://other.example"})
+    assert "give all but one of them opaque.prefix" in problems(data)[0]
+    data["issuers"][1]["opaque"] = {**opaque, "prefix": "ya29."}
+    data["issuers"][0]["opaque"] = {**opaque, "prefix": "ya"}
+    assert "prefixes must not overlap" in problems(data)[0]
+    template = {"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "jwks_uri": "https://k.example/k"}
+    data = config_dict(ISSUER)
+    data["issuers"] = [{**data["issuers"][0], **template, "name": n, "tenants": t}
+                       for n, t in (("a", ["9188040d-6c67-4c5b-b112-36a304b66dad"]),
+                                    ("b", ["9188040d-6c67-4c5b-b112-36a304b66dad"]))]
+    assert "both accept" in problems(data)[0]
+
+
+def test_examples_for_each_identity_provider_pass_check_config() -> None:
+    """Every examples/idp/*.toml, through the real CLI, as an operator would run it."""
+    from tests.gunicorn_support import run_cli
+
+    examples = sorted((ROOT / "examples" / "idp").glob("*.toml"))
+    assert len(examples) == 8
+    for path in examples:
+        result = run_cli("check-config", "--config", str(path), env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
+        assert result.returncode == 0 and "configuration is valid" in result.stdout, (path.name, result.stderr)

@@ -63,6 +63,10 @@ class AccessDenied(ServiceError):
     title = "Access denied"
 
 
+class GroupOverage(AccessDenied):
+    """The IdP left the groups out of the token (Entra ID group overage): never a silent default role."""
+
+
 class InvalidIdentity(ServiceError):
     """The caller is authenticated but their claims do not give a valid Conversations identity."""
 

@@ -16,11 +16,12 @@ from typing import NamedTuple
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
 from token_service.authn.sessions import BrowserSession, SessionStore
 from token_service.conversations import SyncSettings, UserSync
-from token_service.errors import InvalidGrant, InvalidRequest, LoginRequired, RateLimited, ServiceError
+from token_service.errors import GroupOverage, InvalidGrant, InvalidRequest, LoginRequired, RateLimited, ServiceError
 from token_service.logs import AuditLog
-from token_service.mapping import IdentityPolicy, Mapped, map_claims
+from token_service.mapping import Condition, IdentityPolicy, Mapped, RolePolicy, map_claims
 from token_service.metrics import (
     FAMILIES_REVOKED,
+    GROUP_OVERAGE,
     RATE_LIMITED,
     REFRESH_ROLE_UPDATES,
     REFRESHES,
@@ -126,10 +127,14 @@ class TokenIssuer:
         )
         dedicated = secrets.refresh_key.get_secret_value() if secrets.refresh_key else None
         self.refresh_tokens = RefreshTokens(derive_refresh_key(dedicated, api_key_secret))
+        # Each issuer's own rules (the global sections where it has none): never another's.
         self._identity_policies: dict[str, IdentityPolicy] = {
             i.name: settings.identity_policy(i) for i in settings.issuers
         }
-        self._role_policy = settings.role_policy()
+        self._requirements: dict[str, list[Condition]] = {
+            i.name: list(settings.access_requirements(i)) for i in settings.issuers
+        }
+        self._role_policies: dict[str, RolePolicy] = {i.name: settings.role_policy(i) for i in settings.issuers}
         refresh = settings.refresh
         self.policy = FamilyPolicy(
             idle=refresh.idle_ttl,
@@ -184,12 +189,13 @@ class TokenIssuer:
 
     def map_verified(self, verified: VerifiedToken) -> Mapped:
         """Access gate, identity and role for verified claims, with this issuer's cached policies."""
-        return map_claims(
-            verified.claims,
-            self._identity_policies[verified.issuer.name],
-            self.settings.access.require,
-            self._role_policy,
-        )
+        name = verified.issuer.name
+        try:
+            return map_claims(verified.claims, self._identity_policies[name], self._requirements[name],
+                              self._role_policies[name])
+        except GroupOverage:
+            child(GROUP_OVERAGE, name).inc()
+            raise
 
     # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:

@@ -4,6 +4,11 @@ The identity rules come from Twilio's pages (seeds 000/001/004): one identity pe
 device, case-sensitive, no reserved URI characters unless the operator allows them, bounded
 length. Twilio bills per active identity, so the mapping is deterministic: the same claims always
 give the same identity.
+
+Claims are addressed by name, by dotted path, or by RFC 6901 JSON Pointer (a path starting with
+``/``, for names holding dots, slashes or colons such as Auth0's namespaced claims). The identity
+comes from an ordered list of sources, the first one present wins. Each issuer has its own
+policies; this module only applies the ones it is given.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol
 
-from token_service.errors import AccessDenied, InvalidIdentity
+import jsonpointer
+
+from token_service.errors import AccessDenied, GroupOverage, InvalidIdentity
 
 RESERVED_CHARACTERS = "!*'();:@&=+$,/?%#[]"
 ReservedPolicy = Literal["reject", "allow", "percent-encode"]
 
 _MISSING = object()
-_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 class Condition(Protocol):
@@ -40,11 +47,12 @@ class Rule(Condition, Protocol):
 
 @dataclass(frozen=True)
 class IdentityPolicy:
-    """The global identity rules plus one issuer's source, prefix and email rule."""
+    """One issuer's identity rules: its ordered sources, prefix and email rule, plus the global ones."""
 
-    source: str  # a template such as "{email}" or "{sub}"
+    sources: tuple[str, ...]  # templates such as "{email}" or "{tid}.{oid}"; the first present wins
     prefix: str = ""
     require_email_verified: bool = True
+    email_verified_claim: str = "email_verified"
     max_length: int = 256
     reserved: ReservedPolicy = "reject"
     allowed_reserved: frozenset[str] = frozenset()
@@ -65,7 +73,17 @@ class Mapped(NamedTuple):
 
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
-    """The claim at ``path``: a literal name first (``https://ns/groups``), else a dotted path."""
+    """The claim at ``path``, or ``_MISSING``.
+
+    A path starting with ``/`` is an RFC 6901 JSON Pointer (``/resource_access/chat.example.com/roles``);
+    otherwise a literal name first (``https://ns/groups``), else a dotted path (``realm_access.roles``).
+    """
+    if path.startswith("/"):
+        try:
+            found = jsonpointer.resolve_pointer(claims, path, _MISSING)
+        except jsonpointer.JsonPointerException:
+            return _MISSING
+        return _MISSING if isinstance(found, jsonpointer.EndOfList) else found
     if path in claims:
         return claims[path]
     node: Any = claims
@@ -103,6 +121,38 @@ def condition_holds(claims: Mapping[str, Any], cond: Condition) -> bool:
     if isinstance(value, list):
         return any(_scalar_matches(item, cond) for item in value)
     return _scalar_matches(value, cond)
+
+
+def claim_roots(path: str) -> frozenset[str]:
+    """The top-level claim names ``path`` may read: what an IdP's overage marker would name."""
+    if path.startswith("/"):
+        first = path[1:].split("/", 1)[0]
+        return frozenset({first.replace("~1", "/").replace("~0", "~")})
+    return frozenset({path, path.split(".", 1)[0]})
+
+
+def check_overage(claims: Mapping[str, Any], conditions: Sequence[Condition]) -> None:
+    """Refuse a token whose rules read a claim the IdP left out for size (group overage).
+
+    Microsoft Entra ID replaces ``groups`` by ``_claim_names``/``_claim_sources`` (a Graph query)
+    when a user is in too many groups, or sets ``hasgroups`` in the implicit flow. A role rule or
+    access gate on ``groups`` would then silently see no groups: refuse instead, saying how to fix it.
+    """
+    names = claims.get("_claim_names")
+    omitted = set(names) if isinstance(names, Mapping) else set()
+    if claims.get("hasgroups") is True:
+        omitted.add("groups")
+    if not omitted:
+        return
+    for cond in conditions:
+        for root in claim_roots(cond.claim) & omitted:
+            if root not in claims:
+                raise GroupOverage(
+                    f"the identity provider left the {root!r} claim out of the token because the user "
+                    "is in too many groups (group overage), so the role rules cannot be applied; at the "
+                    "identity provider, assign app roles and match on 'roles', or emit only the groups "
+                    "assigned to this application (a group filter)"
+                )
 
 
 def check_access(claims: Mapping[str, Any], requirements: Sequence[Condition]) -> None:
@@ -176,7 +226,7 @@ def _template(source: str) -> tuple[tuple[str, str | None], ...]:
     """``"{a}-{b}"`` as (literal, claim) pieces, parsed once per template rather than per request."""
     pieces: list[tuple[str, str | None]] = []
     end = 0
-    for match in _TEMPLATE_FIELD.finditer(source):
+    for match in TEMPLATE_FIELD.finditer(source):
         pieces.append((source[end:match.start()], match.group(1)))
         end = match.end()
     if end < len(source):
@@ -184,27 +234,51 @@ def _template(source: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(pieces)
 
 
-def _render_source(claims: Mapping[str, Any], source: str) -> str:
+def _present(value: Any) -> bool:
+    return value is not _MISSING and value is not None and value != ""
+
+
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def _is_email(name: str, value: str) -> bool:
+    """An address, whatever the claim is called: renaming the claim cannot skip verification."""
+    return "mail" in name.lower() or _ADDRESS.fullmatch(value) is not None
+
+
+def _render_source(claims: Mapping[str, Any], source: str, policy: IdentityPolicy) -> str:
     out = []
     for literal, name in _template(source):
         out.append(literal)
         if name is None:
             continue
         value = claim_value(claims, name)
-        if value is _MISSING or value is None or value == "":
-            raise InvalidIdentity(f"the token has no {name!r} claim to build the identity from")
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise InvalidIdentity(f"the {name!r} claim is not a string")
-        out.append(str(value))
+        if not isinstance(value, str):
+            raise InvalidIdentity(
+                f"the {name!r} claim is not a string, so it cannot be a Conversations identity"
+            )
+        if policy.require_email_verified and _is_email(name, value):
+            if not _is_true(claim_value(claims, policy.email_verified_claim)):
+                raise InvalidIdentity(
+                    f"the email address in {name!r} is not verified "
+                    f"({policy.email_verified_claim} is not true)"
+                )
+        out.append(value)
     return "".join(out)
+
+
+def _chosen_source(claims: Mapping[str, Any], policy: IdentityPolicy) -> str:
+    """The first source whose every claim is present."""
+    for source in policy.sources:
+        if all(_present(claim_value(claims, name)) for _, name in _template(source) if name is not None):
+            return source
+    wanted = ", ".join(repr(name) for source in policy.sources for _, name in _template(source) if name)
+    raise InvalidIdentity(f"the token has none of the claims the identity is built from ({wanted})")
 
 
 def derive_identity(claims: Mapping[str, Any], policy: IdentityPolicy) -> str:
     """Build, check and return the Conversations identity for these (verified) claims."""
-    if policy.require_email_verified and any(name == "email" for _, name in _template(policy.source)):
-        if not _is_true(claims.get("email_verified")):
-            raise InvalidIdentity("the email address is not verified (email_verified is not true)")
-    value = _render_source(claims, policy.source)
+    value = _render_source(claims, _chosen_source(claims, policy), policy)
     if policy.lowercase:
         value = value.lower()
     identity = policy.prefix + _encode_reserved(value, policy)
@@ -218,7 +292,8 @@ def map_claims(
     requirements: Sequence[Condition],
     role_policy: RolePolicy,
 ) -> Mapped:
-    """The whole mapping step: access gate, then identity, then role."""
+    """The whole mapping step: overage, access gate, then identity, then role."""
+    check_overage(claims, [*requirements, *role_policy.rules])
     check_access(claims, requirements)
     identity = derive_identity(claims, identity_policy)
     role, role_sid = choose_role(claims, role_policy)

@@ -68,6 +68,14 @@ REFRESH_ROLE_UPDATES = Counter(
     "Refreshes of a family minted under an older role: 'followed' the new role, or 'revoked' by policy.",
     ["action"],
 )
+GROUP_OVERAGE = Counter(
+    "token_service_group_overage_total",
+    "Tokens refused because the IdP left the groups out (group overage).", ["issuer"]
+)
+OPAQUE_CHECKS = Counter(
+    "token_service_opaque_token_checks_total",
+    "Opaque access tokens checked at their issuer (introspection, userinfo), by result.", ["issuer", "result"]
+)
 FAMILIES_REVOKED = Counter(
     "token_service_families_revoked_total", "Refresh-token families ended, by reason.", ["reason"]
 )

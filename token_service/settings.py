@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import jsonpointer
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -23,12 +24,13 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from token_service.errors import ConfigError
-from token_service.mapping import RESERVED_CHARACTERS, IdentityPolicy, RolePolicy
+from token_service.mapping import RESERVED_CHARACTERS, TEMPLATE_FIELD, IdentityPolicy, RolePolicy
 
 CONFIG_ENV = "TOKEN_SERVICE_CONFIG"
 API_KEY_SECRET_ENV = "TWILIO_API_KEY_SECRET"
@@ -47,7 +49,10 @@ MIN_TOKEN_TTL = 3 * 60
 MAX_TOKEN_TTL = 24 * 60 * 60
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "Ed25519", "Ed448",  # RFC 9864's fully-specified names for EdDSA
 )
+TENANT_PLACEHOLDER = "{tenantid}"  # Microsoft's placeholder in the multi-tenant issuer
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _sid(prefix: str) -> Any:
@@ -78,6 +83,39 @@ def _check_url(value: str) -> str:
 
 
 Url = Annotated[str, AfterValidator(_check_url)]
+
+
+def _check_claim_path(value: str) -> str:
+    """A claim name, a dotted path, or an RFC 6901 JSON Pointer (starting with ``/``)."""
+    if not value or value.strip() != value or "{" in value or "}" in value:
+        raise ValueError("must be a claim name, a dotted path or a JSON Pointer such as '/a/b.c' "
+                         "(no braces, no surrounding spaces)")
+    if value.startswith("/"):
+        try:
+            jsonpointer.JsonPointer(value)
+        except jsonpointer.JsonPointerException as exc:
+            raise ValueError(f"is not a valid JSON Pointer (RFC 6901): {exc}; write '~1' for '/' "
+                             "and '~0' for '~' inside a name") from None
+    return value
+
+
+ClaimPath = Annotated[str, AfterValidator(_check_claim_path)]
+
+
+def _check_identity_source(value: str) -> str:
+    """A claim path, or a template such as ``{tid}.{oid}`` whose every field is a claim path."""
+    fields = TEMPLATE_FIELD.findall(value)
+    if not fields:
+        return _check_claim_path(value)
+    for field in fields:
+        _check_claim_path(field)
+    rest = TEMPLATE_FIELD.sub("", value)
+    if "{" in rest or "}" in rest:
+        raise ValueError("has an unmatched brace: write a template as '{claim}' or '{a}.{b}'")
+    return value
+
+
+IdentitySource = Annotated[str, AfterValidator(_check_identity_source)]
 
 
 class _Section(BaseModel):
@@ -222,11 +260,12 @@ class TwilioSettings(_Section):
 class ClaimCondition(_Section):
     """A test on one claim: exactly one of ``equals``, ``one_of``, ``glob``.
 
-    ``claim`` is a claim name or a dotted path into nested objects; when the claim holds a list,
-    the condition holds if any element satisfies it.
+    ``claim`` is a claim name, a dotted path into nested objects, or an RFC 6901 JSON Pointer
+    (``/resource_access/chat.example.com/roles``); when the claim holds a list, the condition holds
+    if any element satisfies it.
     """
 
-    claim: Annotated[str, StringConstraints(min_length=1)]
+    claim: ClaimPath
     equals: str | int | float | bool | None = None
     one_of: list[str | int | float | bool] | None = None
     glob: str | None = None
@@ -243,15 +282,94 @@ class RoleRule(ClaimCondition):
     role: str
 
 
+class AccessSettings(_Section):
+    """``[access]``: claims every caller must satisfy before any token is minted."""
+
+    require: list[ClaimCondition] = []
+
+
+class IssuerRoles(_Section):
+    """``[issuers.roles]``: this issuer's own role rules and default; replaces ``[roles]`` for its tokens."""
+
+    rules: list[RoleRule] = []
+    default: str | None = None
+
+
+class OpaqueTokenSettings(_Section):
+    """``[issuers.opaque]``: access tokens that are not JWTs, checked at the issuer (design 2.1).
+
+    RFC 7662 introspection answers whether the token is active and for which client; OIDC userinfo
+    gives the user's claims. A token goes only to the issuer it is routed to: the one whose
+    ``prefix`` it starts with, else the single opaque issuer without a prefix.
+    """
+
+    checks: list[Literal["introspection", "userinfo"]] = Field(min_length=1, max_length=2)
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~+/-]{1,32}$")] | None = None
+    introspection_endpoint: Url | None = None  # default: the discovery document's
+    userinfo_endpoint: Url | None = None  # default: the discovery document's
+    client_id: Annotated[str, StringConstraints(min_length=1)] | None = None  # the introspection client
+    client_auth: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    # The environment variable (or NAME_FILE) holding the client secret, or for private_key_jwt
+    # the client's RSA private key (PEM). Never the value itself.
+    credential_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
+    any_client: bool = False  # userinfo alone cannot tell which client a token was issued to
+    cache_ttl: int = Field(60, ge=0, le=600)
+    cache_size: int = Field(10_000, ge=1, le=1_000_000)
+    lookup_rate: float = Field(20.0, gt=0, le=10_000)  # IdP calls per second per process, at most
+    lookup_burst: int = Field(40, ge=1, le=100_000)
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a check twice")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self, info: ValidationInfo) -> OpaqueTokenSettings:
+        if "introspection" in self.checks:
+            if not self.client_id or not self.credential_env:
+                raise ValueError(
+                    "introspection needs client_id and credential_env (the name of the environment "
+                    "variable holding the introspection client's secret or private key)"
+                )
+            environ = (info.context or {}).get("environ")
+            if environ is not None and not (environ.get(self.credential_env)
+                                            or environ.get(f"{self.credential_env}_FILE")):
+                raise ValueError(
+                    f"credential_env names {self.credential_env}, but neither {self.credential_env} nor "
+                    f"{self.credential_env}_FILE is set"
+                )
+        elif not self.any_client:
+            raise ValueError(
+                "userinfo alone cannot tell which client a token was issued to: add 'introspection' to "
+                "checks, or set any_client = true if every client of this issuer is yours"
+            )
+        return self
+
+
 class IssuerSettings(_Section):
-    """``[[issuers]]``: one trusted OpenID Provider and how its claims become an identity."""
+    """``[[issuers]]``: one trusted OpenID Provider and how its claims become an identity and a role."""
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     issuer: Url
-    audiences: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+    # Other exact `iss` values of the same issuer (Google: "accounts.google.com").
+    issuer_aliases: list[Annotated[str, StringConstraints(pattern=r"^\S{1,512}$")]] = []
+    # With "{tenantid}" in the issuer: the tenants accepted, or any_tenant = true.
+    tenants: list[Annotated[str, StringConstraints(to_lower=True)]] = []
+    any_tenant: bool = False
+    audiences: list[Annotated[str, StringConstraints(min_length=1)]] = []
+    # Your apps' client ids at this IdP: checked against `azp`, and against client_id_claim.
+    client_ids: list[Annotated[str, StringConstraints(min_length=1)]] = []
+    # Access tokens without one of our audiences are accepted through this claim (Cognito
+    # client_id, Keycloak azp, Okta cid) when it names one of client_ids.
+    client_id_claim: Literal["client_id", "azp", "cid"] | None = None
+    token_use: ClaimCondition | None = None  # e.g. Cognito: { claim = "token_use", equals = "access" }
+    tolerated_audiences: list[Annotated[str, StringConstraints(min_length=1)]] = []  # Keycloak's "account"
     algorithms: list[Literal[ASYMMETRIC_ALGORITHMS]] = Field(  # type: ignore[valid-type]
         ["RS256", "ES256"], min_length=1
     )
+    discovery_url: Url | None = None  # when not at issuer + /.well-known/openid-configuration
     jwks_uri: Url | None = None
     jwks_file: str | None = None
     leeway: int = Field(30, ge=0, le=300)
@@ -259,10 +377,16 @@ class IssuerSettings(_Section):
     jwks_refetch_cooldown: int = Field(30, ge=1, le=3600)
     jwks_max_stale: int = Field(86400, ge=5, le=7 * 86400)
     http_timeout: float = Field(3.0, gt=0, le=30)
-    identity_claim: str | None = None
-    identity_template: str | None = None
+    identity_claim: ClaimPath | None = None
+    identity_template: IdentitySource | None = None
+    identity_sources: list[IdentitySource] = []
     identity_prefix: str = ""
     require_email_verified: bool = True
+    email_verified_claim: ClaimPath = "email_verified"
+    lowercase: bool | None = None  # default: [identity] lowercase
+    access: AccessSettings | None = None  # default: [access]
+    roles: IssuerRoles | None = None  # default: [roles] rules and default
+    opaque: OpaqueTokenSettings | None = None
 
     @field_validator("algorithms", mode="before")
     @classmethod
@@ -275,24 +399,83 @@ class IssuerSettings(_Section):
                 )
         return value
 
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_ids(cls, value: list[str]) -> list[str]:
+        for tenant in value:
+            if not GUID.fullmatch(tenant):
+                raise ValueError(f"{tenant!r} is not a tenant id (a GUID such as "
+                                 "'9188040d-6c67-4c5b-b112-36a304b66dad')")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> IssuerSettings:
-        if self.identity_claim and self.identity_template:
-            raise ValueError("set identity_claim or identity_template, not both")
-        if self.jwks_uri and self.jwks_file:
-            raise ValueError("set jwks_uri or jwks_file, not both")
+        if sum(1 for v in (self.identity_claim, self.identity_template, self.identity_sources) if v) > 1:
+            raise ValueError("set one of identity_claim, identity_template, identity_sources")
+        if self.identity_template is not None and not TEMPLATE_FIELD.search(self.identity_template):
+            raise ValueError("identity_template must reference at least one claim, e.g. '{sub}'")
+        if sum(1 for v in (self.jwks_uri, self.jwks_file, self.discovery_url) if v) > 1:
+            raise ValueError("set one of jwks_uri, jwks_file, discovery_url")
         if self.jwks_max_stale < self.jwks_ttl:
             raise ValueError("jwks_max_stale must be at least jwks_ttl")
-        if self.identity_template is not None and not re.search(r"\{[^{}]+\}", self.identity_template):
-            raise ValueError("identity_template must reference at least one claim, e.g. '{sub}'")
+        self._check_tenancy()
+        self._check_audience_rules()
         return self
+
+    def _check_tenancy(self) -> None:
+        templated = [p for p in self.issuer_patterns if TENANT_PLACEHOLDER in p]
+        if any(p.count(TENANT_PLACEHOLDER) > 1 or "{" in p.replace(TENANT_PLACEHOLDER, "")
+               for p in self.issuer_patterns):
+            raise ValueError(f"an issuer may hold {TENANT_PLACEHOLDER} once and no other braces")
+        if TENANT_PLACEHOLDER not in self.issuer:
+            if templated or self.tenants or self.any_tenant:
+                raise ValueError(f"tenants, any_tenant and templated aliases need {TENANT_PLACEHOLDER} "
+                                 "in the issuer")
+            return
+        if bool(self.tenants) == self.any_tenant:
+            raise ValueError(f"an issuer with {TENANT_PLACEHOLDER} needs the tenants it accepts "
+                             "(tenants = [...]) or, explicitly, any_tenant = true; not both")
+        if not (self.jwks_uri or self.jwks_file or self.discovery_url):
+            raise ValueError(f"an issuer with {TENANT_PLACEHOLDER} has no discovery document of its own: "
+                             "set discovery_url (Entra: https://login.microsoftonline.com/organizations/"
+                             "v2.0/.well-known/openid-configuration) or jwks_uri")
+        if self.opaque is not None:
+            raise ValueError(f"opaque tokens carry no issuer: they cannot be routed to an issuer with "
+                             f"{TENANT_PLACEHOLDER}")
+
+    def _check_audience_rules(self) -> None:
+        if self.client_id_claim is None:
+            if self.token_use is not None or self.tolerated_audiences:
+                raise ValueError("token_use and tolerated_audiences apply to tokens accepted through "
+                                 "client_id_claim: set client_id_claim too")
+            if not self.audiences and not self.opaque:
+                raise ValueError("needs audiences (the accepted 'aud' values), or client_id_claim with "
+                                 "client_ids for access tokens without one; there is no 'any audience'")
+        elif not self.client_ids:
+            raise ValueError(f"client_id_claim = {self.client_id_claim!r} needs client_ids, the client "
+                             "ids it must name")
+        if self.opaque is not None and not self.client_ids and not self.audiences and not self.opaque.any_client:
+            raise ValueError("opaque tokens are accepted for client_ids or audiences: list them")
+
+    @property
+    def issuer_patterns(self) -> list[str]:
+        """Every accepted ``iss``: the issuer and its aliases, each exact or with {tenantid}."""
+        return [self.issuer, *self.issuer_aliases]
+
+    @property
+    def discovery_document_url(self) -> str:
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    @property
+    def identity_templates(self) -> tuple[str, ...]:
+        """The ordered identity sources as templates; a plain claim path is the template ``{path}``."""
+        sources = self.identity_sources or [self.identity_template or self.identity_claim or "sub"]
+        return tuple(s if TEMPLATE_FIELD.search(s) else "{" + s + "}" for s in sources)
 
     @property
     def identity_source(self) -> str:
-        """The template that builds the identity; a plain claim is the template ``{claim}``."""
-        if self.identity_template:
-            return self.identity_template
-        return "{" + (self.identity_claim or "sub") + "}"
+        """The first identity template (what older configurations called the identity source)."""
+        return self.identity_templates[0]
 
 
 class IdentitySettings(_Section):
@@ -318,12 +501,6 @@ class IdentitySettings(_Section):
         if self.reserved_characters == "reject" and self.allowed_reserved:
             raise ValueError("allowed_reserved needs reserved_characters = 'allow' or 'percent-encode'")
         return self
-
-
-class AccessSettings(_Section):
-    """``[access]``: claims every caller must satisfy before any token is minted."""
-
-    require: list[ClaimCondition] = []
 
 
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
@@ -450,12 +627,17 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _unique_issuers(self) -> Settings:
-        for attr in ("name", "issuer"):
-            values = [getattr(i, attr) for i in self.issuers]
+        names = [i.name for i in self.issuers]
+        patterns = [p for i in self.issuers for p in i.issuer_patterns if TENANT_PLACEHOLDER not in p]
+        for attr, values in (("name", names), ("issuer", patterns)):
             dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
                 raise ValueError(f"issuers: {attr} must be unique, repeated: {', '.join(dupes)}")
+        self._check_tenant_overlap()
+        self._check_opaque_routes()
         for issuer in self.issuers:
+            if issuer.roles is not None:
+                self._check_roles_known(f"issuers[{issuer.name}].roles", issuer.roles.rules, issuer.roles.default)
             prefix = issuer.identity_prefix
             bad = [c for c in prefix if c.isspace() or not c.isprintable()]
             bad += [c for c in prefix if c in RESERVED_CHARACTERS
@@ -485,23 +667,71 @@ class Settings(_Section):
             )
         return self
 
+    def _check_tenant_overlap(self) -> None:
+        """Two issuers with the same tenant template must not both accept a tenant."""
+        seen: dict[str, list[IssuerSettings]] = {}
+        for issuer in self.issuers:
+            for pattern in issuer.issuer_patterns:
+                if TENANT_PLACEHOLDER in pattern:
+                    seen.setdefault(pattern, []).append(issuer)
+        for pattern, sharing in seen.items():
+            for i, a in enumerate(sharing):
+                for b in sharing[i + 1:]:
+                    if a.any_tenant or b.any_tenant or set(a.tenants) & set(b.tenants):
+                        raise ValueError(
+                            f"issuers: {a.name} and {b.name} both accept {pattern} for the same tenant: "
+                            "give each its own tenants, and any_tenant to at most one"
+                        )
+
+    def _check_opaque_routes(self) -> None:
+        """Every opaque token must have exactly one issuer it may be sent to."""
+        opaque = [i for i in self.issuers if i.opaque is not None]
+        unprefixed = [i.name for i in opaque if i.opaque and i.opaque.prefix is None]
+        if len(unprefixed) > 1:
+            raise ValueError(
+                f"issuers: {', '.join(unprefixed)} all take opaque tokens without a prefix, so a token "
+                "could not be routed to the one that issued it: give all but one of them opaque.prefix"
+            )
+        prefixes = [(i.name, i.opaque.prefix) for i in opaque if i.opaque and i.opaque.prefix]
+        for name, prefix in prefixes:
+            for other, longer in prefixes:
+                if other != name and longer.startswith(prefix):
+                    raise ValueError(f"issuers: the opaque.prefix {prefix!r} of {name} also starts the "
+                                     f"one of {other} ({longer!r}): prefixes must not overlap")
+
+    def _check_roles_known(self, where: str, rules: list[RoleRule], default: str | None) -> None:
+        for i, rule in enumerate(rules):
+            if rule.role not in self.roles.sids:
+                raise ValueError(f"{where}.rules[{i}].role {rule.role!r} is not a key of roles.sids")
+        if default is not None and default not in self.roles.sids:
+            raise ValueError(f"{where}.default {default!r} is not a key of roles.sids")
+
     def login_issuer(self) -> IssuerSettings:
         return next(i for i in self.issuers if i.name == self.login.issuer)
 
     def identity_policy(self, issuer: IssuerSettings) -> IdentityPolicy:
-        """The mapping rules for identities coming from ``issuer``."""
+        """The mapping rules for identities coming from ``issuer``: its own, then the global ones."""
         return IdentityPolicy(
-            source=issuer.identity_source,
+            sources=issuer.identity_templates,
             prefix=issuer.identity_prefix,
             require_email_verified=issuer.require_email_verified,
+            email_verified_claim=issuer.email_verified_claim,
             max_length=self.identity.max_length,
             reserved=self.identity.reserved_characters,
             allowed_reserved=frozenset(self.identity.allowed_reserved),
-            lowercase=self.identity.lowercase,
+            lowercase=self.identity.lowercase if issuer.lowercase is None else issuer.lowercase,
         )
 
-    def role_policy(self) -> RolePolicy:
+    def role_policy(self, issuer: IssuerSettings | None = None) -> RolePolicy:
+        """``issuer``'s own ``[issuers.roles]`` when it has one, else ``[roles]``; SIDs are global."""
+        own = issuer.roles if issuer is not None else None
+        if own is not None:
+            return RolePolicy(rules=own.rules, sids=self.roles.sids, default=own.default)
         return RolePolicy(rules=self.roles.rules, sids=self.roles.sids, default=self.roles.default)
+
+    def access_requirements(self, issuer: IssuerSettings) -> list[ClaimCondition]:
+        """``issuer``'s own ``[issuers.access]`` when it has one, else ``[access]``."""
+        return (issuer.access or self.access).require
 
 
 _SECRET_KEY = re.compile(r"secret|password|private_key", re.IGNORECASE)
@@ -579,7 +809,7 @@ def settings_from_dict(
         if value:
             document["secrets"][field] = value
     try:
-        return Settings.model_validate(document)
+        return Settings.model_validate(document, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
 

@@ -169,7 +169,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "/v1/token": {
                 "post": {
                     "operationId": "issueToken",
-                    "summary": "Exchange an IdP ID token or JWT access token for a Twilio Access Token.",
+                    "summary": "Exchange an IdP ID token or access token (JWT or opaque) for a Twilio Access Token.",
                     "security": [{"bearer": []}],
                     "requestBody": _body("TokenRequest", required=False),
                     "responses": {
@@ -277,7 +277,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "An ID token or JWT access token (RFC 9068) from a trusted issuer."},
+                           "description": "An ID token, a JWT access token (RFC 9068), or an opaque access "
+                                          "token checked at its issuer (RFC 7662 introspection, userinfo)."},
             },
             "schemas": {
                 "TokenRequest": {

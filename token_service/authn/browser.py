@@ -82,7 +82,7 @@ class BrowserLogin:
             CLIENT_NAME,
             client_id=login.client_id,
             client_secret=secret.get_secret_value() if secret else None,
-            server_metadata_url=self.issuer.issuer.rstrip("/") + "/.well-known/openid-configuration",
+            server_metadata_url=self.issuer.discovery_document_url,
             client_kwargs={
                 "scope": " ".join(scopes),
                 "code_challenge_method": "S256",

@@ -6,6 +6,9 @@ while callers keep using the cached set; if the IdP stays unreachable the set ke
 it is ``max_stale`` old. A token naming an unknown ``kid`` triggers at most one fetch per
 ``cooldown`` across all threads (single flight), and kids still unknown after a fetch are
 remembered, so a flood of random kids cannot flood the IdP.
+
+RSA keys shorter than 2048 bits (RFC 7518 3.3) are refused when the set is loaded: logged, listed
+under ``refused_keys`` in readiness, and never used, so a token signed with one gets ``401``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 512 * 1024
 MAX_BAD_KIDS = 1024
+MIN_RSA_BITS = 2048  # RFC 7518 3.3: "A key of size 2048 bits or larger MUST be used"
 
 # Which key type (and curve) each allowed algorithm needs.
 _KEY_TYPES: dict[str, tuple[str, str | None]] = {
@@ -36,7 +40,11 @@ _KEY_TYPES: dict[str, tuple[str, str | None]] = {
     "ES384": ("EC", "P-384"),
     "ES512": ("EC", "P-521"),
     "EdDSA": ("OKP", None),
+    "Ed25519": ("OKP", "Ed25519"),  # RFC 9864: fully-specified EdDSA
+    "Ed448": ("OKP", "Ed448"),
 }
+# PyJWK needs an algorithm it knows to parse a key; the name only picks the parser.
+_PARSE_AS = {"RSA": "RS256", "EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}, "OKP": "EdDSA"}
 _ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
@@ -61,28 +69,54 @@ class CachedKey:
     alg: str | None
     key: Any  # a cryptography public key object
 
+    def fits(self, alg: str) -> bool:
+        """RFC 7517 4.4: a key's own ``alg`` binds it; ``EdDSA`` keys fit the fully-specified names."""
+        kty, crv = _KEY_TYPES[alg]
+        if self.kty != kty or (crv and self.crv != crv):
+            return False
+        return self.alg is None or self.alg == alg or (self.alg == "EdDSA" and alg in {"Ed25519", "Ed448"})
 
-def _parse_jwks(document: Any) -> dict[str | None, CachedKey]:
+
+@dataclass(frozen=True)
+class KeySet:
+    """What a JWKS document gave: the usable keys by ``kid``, and why others were refused."""
+
+    keys: dict[str | None, CachedKey]
+    refused: dict[str, str]  # kid -> reason
+
+
+def _parse_key(entry: dict[str, Any]) -> Any:
+    kty, crv = entry.get("kty"), entry.get("crv")
+    parse_as = _PARSE_AS[kty] if kty != "EC" else _PARSE_AS["EC"].get(crv)  # type: ignore[union-attr]
+    public = {k: v for k, v in entry.items() if k not in _PRIVATE_MEMBERS and k != "alg"}
+    return jwt.PyJWK(public, algorithm=parse_as).key
+
+
+def _parse_jwks(document: Any) -> KeySet:
     """Public signature keys by ``kid``; unusable entries (encryption keys, junk) are skipped."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise FetchError("the JWKS document has no 'keys' list")
     keys: dict[str | None, CachedKey] = {}
+    refused: dict[str, str] = {}
     for entry in document["keys"]:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
         if entry.get("kty") not in _ASYMMETRIC_KEY_TYPES:
             continue  # symmetric ("oct") or unknown keys never verify an IdP token
-        public = {k: v for k, v in entry.items() if k not in _PRIVATE_MEMBERS}
         try:
-            parsed = jwt.PyJWK(public)
+            key = _parse_key(entry)
         except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, ValueError, TypeError):
             continue
         kid = entry.get("kid") if isinstance(entry.get("kid"), str) else None
-        keys[kid] = CachedKey(kid, entry.get("kty", ""), entry.get("crv"), entry.get("alg"),
-                              parsed.key)
+        if entry["kty"] == "RSA" and key.key_size < MIN_RSA_BITS:
+            refused[kid or "(no kid)"] = f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required"
+            continue
+        alg = entry.get("alg") if isinstance(entry.get("alg"), str) else None
+        keys[kid] = CachedKey(kid, entry["kty"], entry.get("crv"), alg, key)
     if not keys:
-        raise FetchError("the JWKS document holds no usable signature key")
-    return keys
+        detail = f" (refused: {'; '.join(f'{k}: {r}' for k, r in refused.items())})" if refused else ""
+        raise FetchError(f"the JWKS document holds no usable signature key{detail}")
+    return KeySet(keys, refused)
 
 
 class KeySource:
@@ -94,43 +128,50 @@ class KeySource:
         raise NotImplementedError
 
 
+def get_json(session: requests.Session, url: str, timeout: float) -> Any:
+    """GET a JSON document of at most ``MAX_JWKS_BYTES`` without following redirects."""
+    try:
+        with session.get(url, timeout=timeout, stream=True, allow_redirects=False,
+                         headers={"Accept": "application/json"}) as resp:
+            if resp.status_code != 200:
+                raise FetchError(f"GET {url} answered HTTP {resp.status_code}")
+            body = resp.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
+    if len(body) > MAX_JWKS_BYTES:
+        raise FetchError(f"GET {url} answered more than {MAX_JWKS_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise FetchError(f"GET {url} did not answer JSON") from None
+
+
+def discover(session: requests.Session, issuer: str, url: str, timeout: float) -> dict[str, Any]:
+    """The OIDC discovery document at ``url``, whose ``issuer`` must be ``issuer`` exactly."""
+    discovery = get_json(session, url, timeout)
+    if not isinstance(discovery, dict) or discovery.get("issuer") != issuer:
+        raise FetchError("the discovery document names a different issuer")
+    return discovery
+
+
 class HttpKeySource(KeySource):
     """``jwks_uri`` given, or found by OIDC discovery (whose ``issuer`` must match exactly)."""
 
-    def __init__(self, issuer: str, jwks_uri: str | None, timeout: float) -> None:
+    def __init__(self, issuer: str, jwks_uri: str | None, timeout: float, discovery_url: str | None = None) -> None:
         self.issuer = issuer
         self.jwks_uri = jwks_uri
         self.timeout = timeout
-        self.describe = jwks_uri or issuer.rstrip("/") + "/.well-known/openid-configuration"
+        self.describe = jwks_uri or discovery_url or issuer.rstrip("/") + "/.well-known/openid-configuration"
         self._session = requests.Session()
-
-    def _get_json(self, url: str) -> Any:
-        try:
-            with self._session.get(url, timeout=self.timeout, stream=True,
-                                   allow_redirects=False,
-                                   headers={"Accept": "application/json"}) as resp:
-                if resp.status_code != 200:
-                    raise FetchError(f"GET {url} answered HTTP {resp.status_code}")
-                body = resp.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
-        except requests.RequestException as exc:
-            raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
-        if len(body) > MAX_JWKS_BYTES:
-            raise FetchError(f"GET {url} answered more than {MAX_JWKS_BYTES} bytes")
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise FetchError(f"GET {url} did not answer JSON") from None
 
     def fetch(self) -> Any:
         uri = self.jwks_uri
         if uri is None:
-            discovery = self._get_json(self.describe)
-            if not isinstance(discovery, dict) or discovery.get("issuer") != self.issuer:
-                raise FetchError("the discovery document names a different issuer")
+            discovery = discover(self._session, self.issuer, self.describe, self.timeout)
             uri = discovery.get("jwks_uri")
             if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
                 raise FetchError("the discovery document has no usable jwks_uri")
-        return self._get_json(uri)
+        return get_json(self._session, uri, self.timeout)
 
 
 class FileKeySource(KeySource):
@@ -167,6 +208,7 @@ class JwksCache:
         self.max_stale = max_stale
         self._clock = clock
         self._keys: dict[str | None, CachedKey] = {}
+        self._refused: dict[str, str] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._last_error: str | None = None
@@ -185,7 +227,7 @@ class JwksCache:
         self._attempted_at = self._clock()
         self._fetches += 1
         try:
-            keys = _parse_jwks(self.source.fetch())
+            key_set = _parse_jwks(self.source.fetch())
         except FetchError as exc:
             self._failures += 1
             self._last_error = str(exc)
@@ -194,7 +236,11 @@ class JwksCache:
                                                     "error": self._last_error})
             return
         JWKS_FETCHES.labels(self.name, "ok").inc()
-        self._keys = keys
+        for kid, reason in key_set.refused.items():
+            if kid not in self._refused:
+                log.warning("jwks key refused", extra={"event": "jwks_key_refused", "issuer": self.name,
+                                                       "kid": kid, "error": reason})
+        self._keys, self._refused = key_set.keys, key_set.refused
         self._fetched_at = self._clock()
         self._last_error = None
         self._bad_kids.clear()
@@ -234,6 +280,8 @@ class JwksCache:
         if not self._usable(self._clock()):
             raise KeysUnavailable(self._last_error or "signing keys are too old to trust")
 
+        if kid is not None and kid in self._refused:
+            raise KeyNotFound(f"the token's signing key was refused by this service ({self._refused[kid]})")
         found = self._lookup(kid)
         if found is None and kid is not None and kid not in self._bad_kids:
             generation = self._generation
@@ -244,9 +292,10 @@ class JwksCache:
                 if len(self._bad_kids) < MAX_BAD_KIDS:
                     self._bad_kids.add(kid)
         if found is None:
+            if kid is not None and kid in self._refused:
+                raise KeyNotFound(f"the token's signing key was refused by this service ({self._refused[kid]})")
             raise KeyNotFound("the token's signing key is not published by its issuer")
-        kty, crv = _KEY_TYPES[alg]
-        if found.kty != kty or (crv and found.crv != crv) or (found.alg and found.alg != alg):
+        if not found.fits(alg):
             raise KeyNotFound("the token's signing key does not fit its algorithm")
         return found.key
 
@@ -271,6 +320,7 @@ class JwksCache:
             "usable": state in {"fresh", "stale"},
             "source": self.source.describe,
             "keys": len(self._keys),
+            "refused_keys": [{"kid": kid, "reason": reason} for kid, reason in self._refused.items()],
             "age_seconds": None if age is None else round(age, 1),
             "ttl_seconds": self.ttl,
             "max_stale_seconds": self.max_stale,
