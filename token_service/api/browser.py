@@ -136,7 +136,7 @@ def logout() -> Response:
 @bp.post("/backchannel-logout")
 def backchannel_logout() -> Response:
     browser = _login()
-    token = form_value(request.environ, "logout_token", browser.settings.server.max_body_bytes)
+    token = form_value("logout_token")
     if not token:
         raise InvalidRequest("the request carries no logout_token")
     settings = browser.settings

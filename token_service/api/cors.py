@@ -2,8 +2,7 @@
 
 Only origins in ``[server] cors_origins`` get ``Access-Control-Allow-Origin`` (never ``*``, which
 cannot go with credentials). A preflight from any other origin is refused with 403, so the browser
-never sends the real request. ``CorsPolicy`` is framework-free: the token endpoints' WSGI app
-(``api/token_api.py``) and the Flask hooks below share it.
+never sends the real request.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from token_service.errors import AccessDenied
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Requested-With"
 EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID"
-# Flask's CORS paths; the token endpoints apply the policy themselves, before Flask sees them.
-FLASK_CORS_PATHS = ("/logout",)
+# The paths a single-page app on another origin calls.
+CORS_PATHS = frozenset({"/v1/token", "/v1/token/refresh", "/v1/token/revoke", "/logout"})
 PREFLIGHT_HEADERS = (
     ("Access-Control-Allow-Methods", "POST"),
     ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
@@ -49,10 +48,10 @@ class CorsPolicy:
 
 
 def install(app: Flask, policy: CorsPolicy) -> None:
-    """CORS on the Flask side (``FLASK_CORS_PATHS``)."""
+    """CORS on ``CORS_PATHS``: preflights answered before the view, headers added to every answer."""
 
     def preflight() -> Response | None:
-        if request.method != "OPTIONS" or request.path not in FLASK_CORS_PATHS:
+        if request.method != "OPTIONS" or request.path not in CORS_PATHS:
             return None
         if "Access-Control-Request-Method" not in request.headers:
             return None
@@ -62,7 +61,7 @@ def install(app: Flask, policy: CorsPolicy) -> None:
         return resp
 
     def add_headers(resp: Response) -> Response:
-        if request.path in FLASK_CORS_PATHS:
+        if request.path in CORS_PATHS:
             for name, value in policy.response_headers(request.headers.get("Origin")):
                 if name == "Vary":
                     resp.vary.add(value)

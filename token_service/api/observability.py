@@ -29,8 +29,15 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 def endpoint_label() -> str:
-    """The route template (bounded cardinality), never the raw path."""
-    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+    """The route template (bounded cardinality), never the raw path.
+
+    A request that named a route with a method it does not take (405) has no rule matched; its path
+    is still one of the app's routes, so it is labelled with it.
+    """
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    routes = {rule.rule for rule in current_app.url_map.iter_rules()}
+    return request.path if request.path in routes else "unmatched"
 
 
 def request_id_for(incoming: str | None, trusted: bool) -> str:
