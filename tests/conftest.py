@@ -11,7 +11,16 @@ import pytest
 from devidp.harness import DevIdP, generate_keys
 from tests.browser_support import BrowserStack, browser_stack
 from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import ARTIFACTS, RunningService, config_dict, find_leaks, rsa, running, settings_for
+from tests.support import (
+    ARTIFACTS,
+    TWILIO_SECRET,
+    RunningService,
+    config_dict,
+    find_leaks,
+    rsa,
+    running,
+    settings_for,
+)
 from tests.twilio_standin.server import ConversationsStandIn
 from token_service.logs import JsonFormatter
 
@@ -87,7 +96,7 @@ def suite_log() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def standin_server() -> Iterator[ConversationsStandIn]:
     """The Conversations Users API stand-in (validated against Twilio's OpenAPI description)."""
-    with ConversationsStandIn() as server:
+    with ConversationsStandIn(api_key_secret=TWILIO_SECRET) as server:
         yield server
 
 

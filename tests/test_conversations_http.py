@@ -7,7 +7,6 @@ Twilio's published OpenAPI description); the service runs over real HTTP with th
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from tests.support import (
     RL_ADMIN,
     RL_USER,
     SERVICE_ENV,
-    TWILIO_SECRET,
     config_dict,
     forge,
     id_claims,
@@ -29,19 +27,6 @@ from tests.twilio_standin.server import ConversationsStandIn
 from token_service.settings import settings_from_dict
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[ConversationsStandIn]:
-    with ConversationsStandIn(api_key_secret=TWILIO_SECRET) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def clean(standin: ConversationsStandIn) -> Iterator[None]:
-    standin.reset()
-    yield
-    assert standin.violations == []
 
 
 def sync_config(idp: DevIdP, standin: ConversationsStandIn, **sync: object) -> dict:

@@ -8,7 +8,6 @@ logins against a slow Twilio must send one create.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,19 +39,6 @@ pytestmark = pytest.mark.integration
 
 ADMINS = ["chat-users", "chat-admins"]
 USERS = ["chat-users"]
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[ConversationsStandIn]:
-    with ConversationsStandIn(api_key_secret=TWILIO_SECRET) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def clean(standin: ConversationsStandIn) -> Iterator[None]:
-    standin.reset()
-    yield
-    assert standin.violations == []
 
 
 def lifecycle_config(idp: DevIdP, standin: ConversationsStandIn, *, refresh: dict | None = None,

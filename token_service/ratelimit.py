@@ -11,6 +11,8 @@ from token_service.settings import RateLimitSettings
 from token_service.store.base import Bucket, LimitDecision
 
 GLOBAL_TAG = "global"
+_PROVEN = frozenset({"ip", "identity", "family"})
+_FAILED = frozenset({"ip", "global"})
 
 
 class RateLimiter:
@@ -31,26 +33,26 @@ class RateLimiter:
     def buckets(self, endpoint: str, *, ip: str | None, tag: str | None = None,
                 family_id: str | None = None) -> list[Bucket]:
         """The buckets a request with a valid proof (for ``tag`` and ``family_id``) counts against."""
+        return self._buckets(endpoint, _PROVEN, ip, tag, family_id)
+
+    def failure_buckets(self, endpoint: str, *, ip: str | None) -> list[Bucket]:
+        """The buckets a failed proof counts against: the client IP and the global failure budget."""
+        return self._buckets(endpoint, _FAILED, ip, None, None)
+
+    def _buckets(self, endpoint: str, keys: frozenset[str], ip: str | None, tag: str | None,
+                 family_id: str | None) -> list[Bucket]:
         if not self.enabled:
             return []
         found = []
         for name, key, limit, window in self._policies.get(endpoint, ()):
+            if key not in keys:
+                continue
             if key == "ip" and ip:
                 found.append(Bucket(name, "-", f"ip:{ip}", limit, window))
             elif key == "identity" and tag:
                 found.append(Bucket(name, "-", tag, limit, window))
             elif key == "family" and tag and family_id:
                 found.append(Bucket(name, family_id, tag, limit, window))
-        return found
-
-    def failure_buckets(self, endpoint: str, *, ip: str | None) -> list[Bucket]:
-        """The buckets a failed proof counts against: the client IP and the global failure budget."""
-        if not self.enabled:
-            return []
-        found = []
-        for name, key, limit, window in self._policies.get(endpoint, ()):
-            if key == "ip" and ip:
-                found.append(Bucket(name, "-", f"ip:{ip}", limit, window))
             elif key == "global":
                 found.append(Bucket(name, "-", GLOBAL_TAG, limit, window))
         return found
