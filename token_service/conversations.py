@@ -33,7 +33,6 @@ import requests
 from prometheus_client import Counter
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
-from twilio.http.request import Request as TwilioRequest
 from twilio.http.response import Response
 from twilio.rest import Client
 
@@ -63,7 +62,6 @@ REST_CALLS = Counter(
     ["method", "status"],
 )
 
-_REDACTED = "<redacted>"
 _PATH_SAFE = "!$&'()*+,;=:@"  # RFC 3986 pchar sub-delims, ':' and '@': legal in a path segment as they are
 
 
@@ -94,8 +92,7 @@ class RewritingHttpClient(TwilioHttpClient):
     ``timeout`` (seconds) applies to connect and to each read. There are no automatic retries: ``requests``'
     default adapters do not retry, and the https adapter ``TwilioHttpClient`` mounts is only given retries when
     ``max_retries`` is passed, which this class never does. Credentials travel as the ``auth`` tuple, which the
-    library never logs (its request log prints method, URL, query parameters and non-Authorization headers);
-    the ``_test_only_last_request`` copy the library keeps is stripped of them after each request.
+    library never logs (its request log prints method, URL, query parameters and non-Authorization headers).
 
     ``last_response`` is the last ``twilio.http.response.Response`` received on the calling thread, e.g. to read
     ``Retry-After`` after a ``TwilioRestException`` with status 429 (the exception does not carry headers).
@@ -152,21 +149,16 @@ class RewritingHttpClient(TwilioHttpClient):
         allow_redirects: bool = False,
     ) -> Response:
         self._local.last_response = None
-        try:
-            response = super().request(
-                method,
-                self.rewrite(url),
-                params=params,
-                data=data,
-                headers=headers,
-                auth=auth,
-                timeout=timeout,
-                allow_redirects=allow_redirects,
-            )
-        finally:
-            last = self._test_only_last_request
-            if isinstance(last, TwilioRequest) and last.auth:
-                last.auth = (_REDACTED, _REDACTED)
+        response = super().request(
+            method,
+            self.rewrite(url),
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )
         self._local.last_response = response
         return response
 
