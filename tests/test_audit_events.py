@@ -41,7 +41,7 @@ def test_reuse_and_revocation_events(
     (revoked,) = events(caplog, "family_revoked")
     for event in (reuse, revoked):
         assert (event.identity, event.issuer, event.sub) == ("alice@example.com", "test", "sub-audit")
-        assert len(event.family) == 16 and event.client_ip == "127.0.0.1" and len(event.request_id) == 32
+        assert len(event.family) == 11 and event.client_ip == "127.0.0.1" and len(event.request_id) == 32
     assert reuse.levelno == logging.WARNING and revoked.reason == "revoke"
     assert reuse.family != revoked.family
     for token in (first, second, other):

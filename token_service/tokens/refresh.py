@@ -49,19 +49,28 @@ class RefreshToken(NamedTuple):
     """A refresh token taken apart: whose it is (tag), which family, which generation."""
 
     value: str
-    tag: str  # hex
-    family_id: str  # hex
+    tag: str  # base64url, as identity_tag() makes it
+    family_id: str  # base64url
     generation: int
 
 
+def _text(raw: bytes) -> str:
+    """Unpadded base64url: how tags and family ids appear in store keys (shorter keys, less memory)."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _raw(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def identity_tag(identity: str) -> str:
-    """128 bits of SHA-256(identity), hex: unique per identity for all practical purposes."""
-    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[: 2 * _TAG_BYTES]
+    """128 bits of SHA-256(identity): unique per identity for all practical purposes."""
+    return _text(hashlib.sha256(identity.encode("utf-8")).digest()[:_TAG_BYTES])
 
 
 def new_family_id() -> str:
     """64 random bits: a family id only has to be unique among one identity's families."""
-    return secrets.token_hex(_FAMILY_BYTES)
+    return _text(secrets.token_bytes(_FAMILY_BYTES))
 
 
 def derive_refresh_key(dedicated: str | None, api_key_secret: str) -> bytes:
@@ -88,7 +97,7 @@ class RefreshTokens:
         return mac.digest()
 
     def mint(self, tag: str, family_id: str, generation: int) -> str:
-        body = bytes.fromhex(tag) + bytes.fromhex(family_id) + struct.pack(">I", generation)
+        body = _raw(tag) + _raw(family_id) + struct.pack(">I", generation)
         return PREFIX + base64.urlsafe_b64encode(body + self._signature(body)).decode("ascii")
 
     def parse(self, value: str) -> RefreshToken:
@@ -104,4 +113,4 @@ class RefreshTokens:
         if not hmac.compare_digest(mac, self._signature(body)):
             raise InvalidGrant(NOT_OURS)
         tag, family, generation = body[:_TAG_BYTES], body[_TAG_BYTES:_TAG_BYTES + _FAMILY_BYTES], body[-4:]
-        return RefreshToken(value, tag.hex(), family.hex(), struct.unpack(">I", generation)[0])
+        return RefreshToken(value, _text(tag), _text(family), struct.unpack(">I", generation)[0])

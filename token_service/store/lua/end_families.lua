@@ -12,7 +12,7 @@ for i = 1, #all, 2 do
   local name = all[i]
   if name == 'i' then
     identity = all[i + 1]
-  elseif #name == 16 then
+  elseif is_family(name) then
     local fields = split(all[i + 1])
     if fields[1] ~= 'x' and family_end(fields, idle, absolute) > now
         and (principal == '' or fields[5] == principal)

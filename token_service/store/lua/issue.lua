@@ -38,7 +38,7 @@ if redis.call('HLEN', record) > 12 then
   local all = redis.call('HGETALL', record)
   local gone, named = {}, {}
   for i = 1, #all, 2 do
-    if #all[i] == 16 then
+    if is_family(all[i]) then
       local fields = split(all[i + 1])
       if family_end(fields, idle, absolute) <= now then
         gone[#gone + 1] = all[i]
