@@ -7,27 +7,27 @@ import os
 import runpy
 import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from token_service.errors import ConfigError
-from token_service.settings import CONFIG_ENV, Settings, check_workers, load_settings
+from token_service.settings import CONFIG_ENV, Settings, config_warnings, load_settings
 
 if TYPE_CHECKING:
     from token_service.conversations import UserSync
 
 GUNICORN_CONFIG_ENV = "TOKEN_SERVICE_GUNICORN_CONFIG"
-DEFAULT_GUNICORN_CONFIG = Path("deploy/gunicorn.conf.py")
+# The shipped gunicorn settings are part of the package: the same from any working directory.
+DEFAULT_GUNICORN_CONFIG = "python:token_service.gunicorn_conf"
 
 
 def _load_or_exit(path: str | None, workers: int | None = None) -> Settings:
+    """The validated settings, or every problem on stderr and exit status 2."""
     try:
-        settings = load_settings(path)
-        if workers is not None:
-            check_workers(settings, workers)
-        return settings
+        return load_settings(path, workers=workers)
     except ConfigError as exc:
         print(f"configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for problem in exc.problems:
@@ -35,18 +35,38 @@ def _load_or_exit(path: str | None, workers: int | None = None) -> Settings:
         raise SystemExit(2) from None
 
 
+def _configure_logging(settings: Settings) -> None:
+    """JSON lines on stderr, as the service writes them (the CLI's audit events included)."""
+    from token_service.logs import configure_logging
+
+    configure_logging(settings.logging.level)
+
+
 def check_config(args: argparse.Namespace) -> int:
-    options = _server_options(args)
+    options, source = _server_options(args)
     workers = int(options.get("workers", 1))
     settings = _load_or_exit(args.config, workers)
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     where = args.config or os.environ.get(CONFIG_ENV)
+    threads = options.get("threads", 1)
     print(
         f"configuration is valid: {where} "
         f"({len(settings.issuers)} issuer(s), {len(settings.roles.sids)} role(s), "
-        f"store {settings.store.url.split('://')[0]}://, {workers} worker(s), "
-        f"token ttl {settings.twilio.token_ttl}s)"
+        f"store {settings.store.url.split('://')[0]}://, token ttl {settings.twilio.token_ttl}s; "
+        f"gunicorn {source}: {workers} worker(s) x {threads} thread(s), "
+        f"{options.get('worker_class', 'sync')})"
     )
-    return 0
+    if not args.probe:
+        return 0
+    from token_service.logs import configure_logging
+    from token_service.probe import probe_all
+
+    configure_logging("ERROR")  # each probe reports its own failure; no log lines in between
+    probes = probe_all(settings)
+    for probe in probes:
+        print(probe.line())
+    return 0 if all(probe.ok for probe in probes) else 1
 
 
 def revoke(args: argparse.Namespace) -> int:
@@ -59,6 +79,7 @@ def revoke(args: argparse.Namespace) -> int:
         print("the memory store lives inside the running service; nothing to revoke from here",
               file=sys.stderr)
         return 2
+    _configure_logging(settings)  # the identity_revoked audit line, JSON on stderr
     store = open_store(settings)
     try:
         count = TokenIssuer(settings, store).revoke_identity(args.identity)
@@ -81,6 +102,7 @@ def _user_sync(args: argparse.Namespace) -> Iterator[tuple[Settings, UserSync]]:
     from token_service.store import open_store
 
     settings = _load_or_exit(args.config)
+    _configure_logging(settings)
     if not settings.conversations.sync.enabled:
         print("[conversations.sync] is not enabled in this configuration", file=sys.stderr)
         raise SystemExit(2)
@@ -131,22 +153,30 @@ def show_user(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """gunicorn settings: the config file (``--gunicorn-config``, env, or the default), then flags."""
-    chosen = args.gunicorn_config or os.environ.get(GUNICORN_CONFIG_ENV)
-    if chosen is None and DEFAULT_GUNICORN_CONFIG.is_file():
-        chosen = str(DEFAULT_GUNICORN_CONFIG)
-    options: dict[str, Any] = {}
-    if chosen:
-        path = Path(chosen)
-        if not path.is_file():
-            raise SystemExit(f"gunicorn config {path} not found")
-        options = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("_")}
+def _gunicorn_settings(source: str) -> dict[str, Any]:
+    """The module-level settings of a gunicorn config: ``python:module.name`` or a file path."""
+    if source.startswith("python:"):
+        try:
+            namespace = runpy.run_module(source.removeprefix("python:"))
+        except ImportError as exc:
+            raise SystemExit(f"gunicorn config {source}: cannot be imported ({exc})") from None
+    else:
+        if not Path(source).is_file():
+            raise SystemExit(f"gunicorn config {source} not found")
+        namespace = runpy.run_path(source)
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+
+
+def _server_options(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """gunicorn settings and where they came from: ``--gunicorn-config``, the environment, or the
+    packaged ``token_service.gunicorn_conf``; then ``--bind`` and ``--workers``."""
+    source = args.gunicorn_config or os.environ.get(GUNICORN_CONFIG_ENV) or DEFAULT_GUNICORN_CONFIG
+    options = _gunicorn_settings(source)
     if getattr(args, "bind", None):
         options["bind"] = [args.bind]
     if args.workers:
         options["workers"] = args.workers
-    return options
+    return options, source
 
 
 def _prepare_metrics_dir() -> None:
@@ -164,17 +194,21 @@ def _prepare_metrics_dir() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run under gunicorn with ``deploy/gunicorn.conf.py`` (or ``--gunicorn-config``)."""
-    options = _server_options(args)
+    """Run under gunicorn with the packaged settings (or ``--gunicorn-config``)."""
+    options, _ = _server_options(args)
     settings = _load_or_exit(args.config, int(options.get("workers", 1)))
     _prepare_metrics_dir()
 
     from gunicorn.app.base import BaseApplication
 
     from token_service.app import create_app
-    from token_service.logs import configure_logging
 
-    configure_logging(settings.logging.level, settings.logging.flush_interval)
+    _configure_logging(settings)
+    if not settings.server.dev_mode:
+        import logging
+
+        for warning in config_warnings(settings):
+            logging.getLogger("token_service.config").warning(warning, extra={"event": "config_warning"})
     app = create_app(settings)
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -200,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")
-        p.add_argument("--gunicorn-config", help=f"default: ${GUNICORN_CONFIG_ENV} or {DEFAULT_GUNICORN_CONFIG}")
+        p.add_argument("--gunicorn-config", help=f"a file, or python:module (default: ${GUNICORN_CONFIG_ENV} "
+                                                   f"or {DEFAULT_GUNICORN_CONFIG})")
         p.add_argument("--bind", help="override the bind address, e.g. 127.0.0.1:8000")
         p.add_argument("--workers", type=int, help="override the number of worker processes")
         p.set_defaults(func=func)
+        if name == "check-config":
+            p.add_argument("--probe", action="store_true",
+                           help="also contact each issuer (discovery, JWKS) and the store")
 
     p = sub.add_parser("revoke", help="end every refresh-token family of one identity")
     p.add_argument("--config", help=f"TOML file (default: ${CONFIG_ENV})")

@@ -1,28 +1,66 @@
-"""JSON log lines: one object per line, the message plus any ``extra`` fields.
+"""JSON log lines on stderr: one object per line, for the app, gunicorn and the CLI alike.
 
-Callers put identifiers (identity, jti, sub, issuer) in ``extra``; never tokens or secrets.
+Plain stdlib ``logging``: one ``StreamHandler`` with ``JsonFormatter``. Each line is written as it
+is logged, under the handler's lock, so the lines of one process keep their order and none waits
+in a buffer when the process ends (SIGTERM, an exception, ``sys.exit``). Every line carries the
+process id, the service version and the current request id.
+
+Callers put identifiers (identity, jti, sub, issuer, family) in ``extra``; never tokens or secrets.
+The formatter also redacts what libraries may write at DEBUG (Authlib logs the PKCE
+``code_verifier``) and what request lines carry (``/callback?code=...``, ``access_token``,
+``refresh_token`` and ``code`` parameters in a query string or a ``Referer``): see ``redact``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 import sys
-import threading
 import time
-import weakref
-from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
 
-from token_service.pid import current_pid
+from token_service import __version__
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+REDACTED = "[redacted]"
+# Parameter and member names whose values are credentials, wherever they appear.
+_SECRET_NAMES = (
+    r"code|code_verifier|access_token|refresh_token|id_token|logout_token|subject_token|token"
+    r"|client_secret|password|session_key"
+)
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Whatever follows /callback? (code, state, session_state, iss): the OAuth redirect's query.
+    (re.compile(r"(/callback\?)[^\s\"'#]*"), rf"\1{REDACTED}"),
+    # name: 'value', 'name': "value", "name":"value" (reprs of dicts, f-strings, JSON).
+    (re.compile(rf"(?<![\w-])((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*)(['\"])(?:(?!\2).)*\2"), rf"\1\2{REDACTED}\2"),
+    # name=value in a query string or form body.
+    (re.compile(rf"(?<![\w-])((?:{_SECRET_NAMES})=)(?!['\"])[^&\s\"'#;,)]+"), rf"\1{REDACTED}"),
+    # The credentials themselves, wherever they turn up: JWTs, refresh tokens, bearer values.
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    (re.compile(r"rt1\.[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE), rf"\1{REDACTED}"),
+)
+# One scan that finds any of the above; most lines match nothing and are written as they are.
+# (In a JSON line a quote is escaped: ``\\"code\\": ...``.)
+_MAY_HOLD_A_SECRET = re.compile(rf"/callback\?|eyJ|rt1\.|bearer|(?<![\w-])(?:{_SECRET_NAMES})\\?['\"]?\s*[:=]",
+                                re.IGNORECASE)
+_SECRET_NAME = re.compile(_SECRET_NAMES)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential the patterns above recognise replaced by ``[redacted]``."""
+    if not _MAY_HOLD_A_SECRET.search(text):
+        return text
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 _second: tuple[int, str] = (-1, "")  # the last second formatted: most lines share it
@@ -44,27 +82,39 @@ def _dumps(line: dict[str, Any]) -> str:
     try:
         return orjson.dumps(line, default=str).decode()
     except TypeError:
-        return json.dumps(line, default=str)
+        return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def _json_line(ts: str, level: str, logger: str, msg: str, fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """One log line's object: time, level, logger and message, then every field that has a value."""
-    line = {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
-    for key, value in fields:
-        if value is not None:
-            line[key] = value
-    return line
+def _redacted(key: str, value: Any) -> Any:
+    if _SECRET_NAME.fullmatch(key):
+        return REDACTED
+    return redact(value) if isinstance(value, str) else value
 
 
 class JsonFormatter(logging.Formatter):
+    """A record as one JSON object: time, level, logger, message, pid, version, request id, extras."""
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = ((k, v) for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
-        line = _json_line(_timestamp(record.created, record.msecs), record.levelname, record.name,
-                          record.getMessage(), extras)
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created, record.msecs),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+            "version": __version__,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
+                line[key] = value
         if record.exc_info:
             line["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             line["exc"] = self.formatException(record.exc_info)
-        return _dumps(line)
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        text = _dumps(line)
+        if _MAY_HOLD_A_SECRET.search(text):  # rare: redact field by field, then write again
+            text = _dumps({key: _redacted(key, value) for key, value in line.items()})
+        return text
 
 
 _base_factory = logging.getLogRecordFactory()
@@ -73,8 +123,6 @@ _base_factory = logging.getLogRecordFactory()
 def _record_with_request_id(*args: object, **kwargs: object) -> logging.LogRecord:
     record = _base_factory(*args, **kwargs)  # type: ignore[arg-type]
     record.request_id = request_id_var.get()
-    if record.process is None:  # configure_logging() turned the system call off: same value, from memory
-        record.process = current_pid()
     return record
 
 
@@ -84,138 +132,40 @@ def install_request_ids() -> None:
         logging.setLogRecordFactory(_record_with_request_id)
 
 
-class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines written in batches: at most ``interval`` seconds late, warnings and errors at once.
+def json_handler(stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing JSON lines to ``stream`` (stderr by default), each line at once."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    return handler
 
-    Why: each write is a system call that releases the GIL, and under gunicorn's threads every
-    release on the request path is a hand-off to another thread and back. A token request writes
-    an audit line, so one write per request cost more CPU than the line itself (``make bench``,
-    README). Batched, a busy worker writes a few times a second. What a batch risks: a worker
-    killed outright (SIGKILL) loses at most ``interval`` seconds of info lines; a normal exit
-    flushes (``logging.shutdown``), and a warning (a refresh token reused) is written at once,
-    with everything before it. nginx's buffered ``access_log ... flush=`` makes the same trade.
+
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every log line, JSON, to stderr (where gunicorn, systemd and containers collect them).
+
+    No line names its thread or multiprocessing process, so records skip looking them up (the
+    logging HOWTO's "Optimization" switches); the process id stays. Python warnings become log
+    lines too.
     """
-
-    MAX_PENDING = 1000  # lines: a burst is written before it grows large
-
-    def __init__(self, stream: TextIO, interval: float) -> None:
-        super().__init__(stream)
-        self.interval = interval
-        self._pending: list[str] = []
-        self._flusher: threading.Thread | None = None
-        self._closed = threading.Event()
-        handler = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (h := handler()) is not None and h._forget_parent())
-
-    def _forget_parent(self) -> None:
-        """In a forked child: the parent writes its own pending lines, and its flusher is not here
-        (nor, perhaps, the event's lock it held mid-wait at the fork)."""
-        self._pending = []
-        self._flusher = None
-        self._closed = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # handle() holds self.lock around emit(), so the list is only touched under the lock.
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001 - logging must not raise into the request
-            self.handleError(record)
-            return
-        self._add(line, record.levelno)
-
-    def add_line(self, line: str, level: int) -> None:
-        """A line formatted elsewhere (``AuditLog``), batched like any record's."""
-        with self.lock:  # type: ignore[union-attr]
-            self._add(line, level)
-
-    def _add(self, line: str, level: int) -> None:
-        self._pending.append(line + self.terminator)
-        if level >= logging.WARNING or len(self._pending) >= self.MAX_PENDING:
-            self._write_pending()
-        elif self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_periodically, name="log-flusher", daemon=True)
-            self._flusher.start()
-
-    def _write_pending(self) -> None:
-        lines, self._pending = self._pending, []
-        try:
-            if lines:
-                self.stream.write("".join(lines))
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed or broken stream: the lines are lost, never the request
-            pass
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._write_pending()
-
-    def _flush_periodically(self) -> None:
-        while not self._closed.wait(self.interval):
-            self.flush()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.flush()
-        super().close()
-
-
-def configure_logging(level: str = "INFO", flush_interval: float = 0.0) -> None:
-    """Send JSON lines to stderr (where gunicorn and containers collect them).
-
-    With ``flush_interval`` > 0 they are written in batches (``BatchingStreamHandler``); with 0,
-    each line at once. No line here or in gunicorn's own log names its caller, thread or
-    multiprocessing process, so records skip looking them up (a stack walk and two lookups on every
-    line; the switches of the logging HOWTO's "Optimization" section). The process id stays, as
-    gunicorn's lines print it, but from ``pid.current_pid()`` rather than a system call per record.
-    """
-    logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logMultiprocessing = False
-    logging.logProcesses = False  # the record factory fills the process id in from memory instead
     install_request_ids()
-    handler = (
-        BatchingStreamHandler(sys.stderr, flush_interval) if flush_interval > 0 else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    for old in root.handlers:
-        if isinstance(old, BatchingStreamHandler):
-            old.close()  # its pending lines, and its flusher thread
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(stream)]
     root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 class AuditLog:
-    """``token_service.audit``: the security events, one JSON line each, on the request path.
+    """``token_service.audit``: the security events, one JSON line each, through ``logging``.
 
-    Why not ``Logger.info(extra=...)`` alone: a log record (its attributes, the handler chain, the
-    formatter's walk over them) costs more CPU than anything else a refresh does in Python besides
-    the store call. When the service's own batching handler is the only place lines go (as
-    ``configure_logging`` sets it up), the line is built here from the fields instead: the same JSON
-    keys a ``JsonFormatter`` writes. Otherwise (another handler anywhere, as pytest's ``caplog``
-    adds) the event goes through ``logging`` as usual.
+    A thin wrapper over the stdlib logger, kept so callers name the events' logger in one way.
     """
 
     def __init__(self, name: str) -> None:
         self.logger = logging.getLogger(name)
 
     def info(self, msg: str, *, extra: dict[str, Any]) -> None:
-        self._log(logging.INFO, msg, extra)
+        self.logger.info(msg, extra=extra)
 
     def warning(self, msg: str, *, extra: dict[str, Any]) -> None:
-        self._log(logging.WARNING, msg, extra)
-
-    def _log(self, level: int, msg: str, fields: dict[str, Any]) -> None:
-        logger = self.logger
-        if not logger.isEnabledFor(level):
-            return
-        handlers = logging.root.handlers
-        direct = handlers[0] if len(handlers) == 1 else None
-        if not isinstance(direct, BatchingStreamHandler) or logger.handlers or not logger.propagate:
-            logger.log(level, msg, extra=fields)
-            return
-        now = time.time()
-        # The record factory puts request_id first among a record's own fields: the same order here.
-        line = _json_line(_timestamp(now, (now - int(now)) * 1000), logging.getLevelName(level), logger.name, msg,
-                          (("request_id", request_id_var.get()), *fields.items()))
-        direct.add_line(_dumps(line), level)
+        self.logger.warning(msg, extra=extra)

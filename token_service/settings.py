@@ -7,11 +7,12 @@ Everything is validated at load time and every problem is reported as ``key: val
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import jsonpointer
@@ -130,6 +131,22 @@ class ServerSettings(_Section):
     cors_origins: list[str] = []
     dev_mode: bool = False
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if "*" in origin:
+                raise ValueError(
+                    f"{origin!r} is not allowed: the token endpoints answer browsers with credentials (the "
+                    "session cookie), and CORS never grants those to '*', so every cross-origin call would "
+                    "fail; list each origin, e.g. 'https://chat.example.com'"
+                )
+            parts = urlsplit(origin)
+            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path.strip("/") \
+                    or parts.query or parts.fragment or parts.username:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], e.g. 'https://chat.example.com'")
+        return value
 
 
 class StoreSettings(_Section):
@@ -575,9 +592,6 @@ class LoggingSettings(_Section):
     # One line per request (method, path, status, duration). The gateway usually logs these
     # already, and each line costs CPU on the hot path, so it is opt-in.
     access_log: bool = False
-    # Lines are written in batches, at most this many seconds late (warnings and errors at once);
-    # 0 writes every line as it happens. See logs.BatchingStreamHandler for what each costs.
-    flush_interval: float = Field(0.25, ge=0, le=5)
 
 
 class Secrets(BaseModel):
@@ -735,6 +749,14 @@ class Settings(_Section):
 
 
 _SECRET_KEY = re.compile(r"secret|password|private_key", re.IGNORECASE)
+# Under [login] more names hold credentials (session_key, client_secret, a refresh token ...).
+_LOGIN_SECRET_KEY = re.compile(r"key|secret|token|password", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(://[^/@\s]*?:)[^/@\s]*@")
+# Keys that existed once: what to do instead, rather than "unknown key".
+OBSOLETE_KEYS: dict[tuple[str, ...], str] = {
+    ("logging", "flush_interval"): "obsolete since 0.2.0: log lines are written as they happen; remove it",
+}
+_PLACEHOLDER_SID = re.compile(r"^[A-Z]{2}([0-9a-fA-F])\1{30}[0-9a-fA-F]$")
 
 
 def read_secret(name: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
@@ -750,84 +772,200 @@ def read_secret(name: str, environ: dict[str, str] | os._Environ[str] = os.envir
     return None
 
 
-def _secret_keys_in(data: Any, path: str = "") -> list[str]:
-    found: list[str] = []
+Loc = tuple[str | int, ...]
+
+
+def _loc_text(loc: Loc) -> str:
+    """``('issuers', 0, 'audiences')`` -> ``issuers[0].audiences``: the key path as the TOML reads."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _looks_secret(loc: Loc) -> bool:
+    """A key no section defines, named like a credential: its value is never shown."""
+    key = str(loc[-1])
+    named_so = _SECRET_KEY.search(key) or (loc[0] == "login" and _LOGIN_SECRET_KEY.search(key))
+    return bool(named_so) and key not in _keys_at(loc[:-1])
+
+
+def _secret_keys_in(data: Any, loc: Loc = ()) -> list[Loc]:
+    """Where the TOML document holds a value under a name that looks like a secret."""
+    found: list[Loc] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            where = f"{path}.{key}" if path else str(key)
-            if _SECRET_KEY.search(str(key)) and not isinstance(value, dict | list):
-                found.append(f"{where}: (hidden): secrets must come from environment variables "
-                             "or *_FILE files, never from the TOML file")
-            found.extend(_secret_keys_in(value, where))
+            here = (*loc, key)
+            if here == ("secrets",) or (_looks_secret(here) and not isinstance(value, dict | list)):
+                found.append(here)
+            else:
+                found.extend(_secret_keys_in(value, here))
     elif isinstance(data, list):
         for i, item in enumerate(data):
-            found.extend(_secret_keys_in(item, f"{path}[{i}]"))
+            found.extend(_secret_keys_in(item, (*loc, i)))
     return found
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (itself, or inside ``list[...]``, ``... | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the section at ``loc`` accepts (``()`` is the top level)."""
+    annotation: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an element of a list of sections: the list's own model, found below
+        model = _model_in(annotation)
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+    model = _model_in(annotation)
+    return [name for name in model.model_fields if name != "secrets"] if model else []
+
+
+def _unknown_key(loc: Loc) -> str:
+    parent, key = loc[:-1], str(loc[-1])
+    where = _loc_text(parent) or "(top level)"
+    obsolete = OBSOLETE_KEYS.get((*(p for p in parent if isinstance(p, str)), key))
+    if obsolete:
+        return f"{where}: key {key!r} is {obsolete}"
+    known = _keys_at(parent)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return f"{where}: unknown key {key!r} ({hint})"
+
+
+def _shown(value: Any) -> str:
+    """A value as a problem line shows it: repr, cut at 80 characters, URL credentials masked."""
+    shown = _URL_CREDENTIALS.sub(r"\1***@", repr(value))
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _format_errors(exc: ValidationError, hidden: set[Loc] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """pydantic's errors as ``key: value: rule`` lines (``key: rule`` for a whole section).
+
+    Unknown keys get a did-you-mean; keys in ``hidden`` (already reported as secrets) are skipped;
+    no value that could be a secret is shown.
+    """
     problems = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
-        loc = loc.replace(".[", "[")
-        if loc.startswith("secrets.twilio_api_key_secret") and err["type"] != "missing":
-            problems.append(f"{API_KEY_SECRET_ENV}: (hidden): {err['msg'].removeprefix('Value error, ')}")
+        loc: Loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            if loc not in hidden:
+                problems.append(_unknown_key(loc))
             continue
-        if loc.startswith("secrets.twilio_api_key_secret"):
-            problems.append(
-                f"{API_KEY_SECRET_ENV}: (unset): the Twilio API key secret must be set in the "
-                f"environment variable {API_KEY_SECRET_ENV} or a file named by "
-                f"{API_KEY_SECRET_ENV}_FILE"
-            )
-            continue
-        value = err.get("input")
-        shown = "(missing)" if err["type"] == "missing" else repr(value)
-        if loc.startswith("secrets."):
-            shown = "(hidden)"  # a secret's value never reaches the report
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
         message = err["msg"].removeprefix("Value error, ")
+        if loc[:2] == ("secrets", "twilio_api_key_secret"):
+            if err["type"] == "missing":
+                message = (f"the Twilio API key secret must be set in the environment variable "
+                           f"{API_KEY_SECRET_ENV} or a file named by {API_KEY_SECRET_ENV}_FILE")
+            problems.append(f"{API_KEY_SECRET_ENV}: {'(unset)' if err['type'] == 'missing' else '(hidden)'}: {message}")
+            continue
         sid = re.fullmatch(r"\^([A-Z]{2})\[0-9a-fA-F\]\{32\}\$", str(err.get("ctx", {}).get("pattern", "")))
         if sid:
             message = f"must be a Twilio SID: '{sid.group(1)}' followed by 32 hexadecimal digits"
-        problems.append(f"{loc or '(top level)'}: {shown}: {message}")
+        where, value = _loc_text(loc), err.get("input")
+        if not loc:
+            problems.append(message)  # a rule across sections: its message names the keys
+        elif err["type"] == "missing":
+            problems.append(f"{where}: (missing): {message}")
+        elif isinstance(value, dict | list) and loc[-1] not in {"cors_origins"}:
+            problems.append(f"{where}: {message}")  # a rule over a whole section or list
+        elif loc[0] == "secrets":
+            problems.append(f"{where}: (hidden): {message}")
+        else:
+            problems.append(f"{where}: {_shown(value)}: {message}")
     return problems
 
 
+def _workers_problem(data: dict[str, Any], workers: int | None) -> list[str]:
+    """The memory store lives in one process: refused when several workers would run."""
+    store = data.get("store", {})
+    url = store.get("url", "memory://") if isinstance(store, dict) else None
+    if workers is None or workers <= 1 or not isinstance(url, str) or not url.startswith("memory:"):
+        return []
+    return [
+        f"store.url: {url!r}: the memory store lives in one process but {workers} workers "
+        "would run; use one worker (--workers 1) or a redis:// store"
+    ]
+
+
 def settings_from_dict(
-    data: dict[str, Any], environ: dict[str, str] | os._Environ[str] = os.environ
+    data: dict[str, Any],
+    environ: dict[str, str] | os._Environ[str] = os.environ,
+    *,
+    workers: int | None = None,
 ) -> Settings:
-    """Validate a parsed TOML document plus secrets from ``environ``; raise one ``ConfigError``."""
-    problems = _secret_keys_in(data)
-    if problems:
-        raise ConfigError(problems)
-    secret = read_secret(API_KEY_SECRET_ENV, environ)
-    document = dict(data)
-    document["secrets"] = {"twilio_api_key_secret": secret} if secret else {}
-    for field, env_name in OPTIONAL_SECRETS.items():
-        value = read_secret(env_name, environ)
+    """Validate a parsed TOML document plus secrets from ``environ``; raise one ``ConfigError``.
+
+    Every problem is collected before raising: secrets in the file, unknown keys, every rule
+    pydantic checks, and the memory store against ``workers`` (the gunicorn workers that would run).
+    """
+    secret_locs = _secret_keys_in(data)
+    problems = [f"{_loc_text(loc)}: (hidden): secrets must come from environment variables or *_FILE files, "
+                "never from the TOML file" for loc in secret_locs]
+    document = {key: value for key, value in data.items() if key != "secrets"}
+    document["secrets"] = {}
+    for field, env_name in {"twilio_api_key_secret": API_KEY_SECRET_ENV, **OPTIONAL_SECRETS}.items():
+        try:
+            value = read_secret(env_name, environ)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         if value:
             document["secrets"][field] = value
+    settings = None
     try:
-        return Settings.model_validate(document, context={"environ": environ})
+        settings = Settings.model_validate(document, context={"environ": environ})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        problems.extend(_format_errors(exc, set(secret_locs)))
+    problems.extend(_workers_problem(data, workers))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
 
 
 def check_workers(settings: Settings, workers: int) -> None:
     """The memory store lives in one process: refuse it when several workers would run."""
-    if settings.store.is_memory and workers > 1:
-        raise ConfigError([
-            f"store.url: 'memory://': the memory store lives in one process but {workers} workers "
-            "would run; use one worker (--workers 1) or a redis:// store"
-        ])
+    problems = _workers_problem({"store": {"url": settings.store.url}}, workers)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _sids(settings: Settings) -> list[tuple[str, str]]:
+    twilio = settings.twilio
+    return [
+        ("twilio.account_sid", twilio.account_sid), ("twilio.api_key_sid", twilio.api_key_sid),
+        ("twilio.service_sid", twilio.service_sid),
+        *((f"twilio.push_credentials.{name}", sid) for name, sid in twilio.push_credentials.items()),
+        *((f"roles.sids.{name}", sid) for name, sid in settings.roles.sids.items()),
+    ]
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """What is valid but probably not meant: placeholder SIDs (all zeros, one digit repeated)."""
+    return [
+        f"{where}: {sid!r}: looks like a placeholder (one digit repeated); Twilio refuses tokens naming "
+        "a SID that does not exist"
+        for where, sid in _sids(settings) if _PLACEHOLDER_SID.match(sid)
+    ]
 
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     environ: dict[str, str] | os._Environ[str] = os.environ,
+    *,
+    workers: int | None = None,
 ) -> Settings:
-    """Load ``path`` (or ``$TOKEN_SERVICE_CONFIG``) and validate it."""
+    """Load ``path`` (or ``$TOKEN_SERVICE_CONFIG``) and validate it (see ``settings_from_dict``)."""
     chosen = path or environ.get(CONFIG_ENV)
     if not chosen:
         raise ConfigError([f"--config / {CONFIG_ENV}: (unset): name the TOML configuration file"])
@@ -838,4 +976,4 @@ def load_settings(
         raise ConfigError([f"config file: {str(chosen)!r}: cannot be read ({exc.strerror})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config file: {str(chosen)!r}: not valid TOML ({exc})"]) from exc
-    return settings_from_dict(data, environ)
+    return settings_from_dict(data, environ, workers=workers)

@@ -1,0 +1,60 @@
+"""The shipped gunicorn settings: ``token-service serve`` uses these unless told otherwise.
+
+Packaged with the service, so ``serve`` and ``check-config`` read the same settings from any working
+directory; ``--gunicorn-config`` or ``TOKEN_SERVICE_GUNICORN_CONFIG`` names another file (or a
+``python:module``) instead. ``deploy/gunicorn.conf.py`` loads this module, for ``gunicorn -c``.
+
+Every value can be overridden by an environment variable, so a container or unit file changes
+behaviour without editing a file. gunicorn reads the module-level names listed in ``__all__``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Any
+
+__all__ = [
+    "bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
+    "preload_app", "limit_request_line", "limit_request_field_size", "accesslog", "errorlog",
+    "loglevel", "logger_class", "forwarded_allow_ips", "control_socket_disable", "control_socket",
+    "child_exit",
+]
+
+bind = [os.environ.get("TOKEN_SERVICE_BIND", "127.0.0.1:8000")]
+# Token minting is CPU-bound (signature checks, HMAC): one worker per core, plus one.
+workers = int(os.environ.get("TOKEN_SERVICE_WORKERS", multiprocessing.cpu_count() + 1))
+# Threads let a worker keep answering while one request waits on the IdP or the store.
+worker_class = "gthread"
+threads = int(os.environ.get("TOKEN_SERVICE_THREADS", "4"))
+timeout = int(os.environ.get("TOKEN_SERVICE_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("TOKEN_SERVICE_GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.environ.get("TOKEN_SERVICE_KEEPALIVE", "5"))
+# Build the app once in the master, then fork: workers share the loaded code.
+preload_app = True
+# Header limits: a bearer token is at most 16 KiB, so 32 KiB per header field is enough.
+limit_request_line = 8190
+limit_request_field_size = 32768
+# gunicorn's access log is off unless TOKEN_SERVICE_ACCESS_LOG names a file or "-" (stdout): the
+# gateway logs requests already. The app's own per-request line is [logging] access_log.
+accesslog = os.environ.get("TOKEN_SERVICE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("TOKEN_SERVICE_LOG_LEVEL", "info")
+# gunicorn's own lines as JSON, like the app's, with credentials redacted (gunicorn_logger.py).
+logger_class = "token_service.gunicorn_logger.JsonLogger"
+# X-Forwarded-* is handled by the app ([server] trusted_proxies), not by gunicorn.
+forwarded_allow_ips = ""
+# gunicorn's control socket (gunicornc) is off: by default every gunicorn of one user shares
+# $HOME/.gunicorn/gunicorn.ctl, and with an unwritable HOME (a container, systemd's
+# ProtectSystem=strict) each start logs an error. TOKEN_SERVICE_CONTROL_SOCKET=/run/.../gunicorn.ctl
+# turns it on at a path of this instance's own.
+control_socket = os.environ.get("TOKEN_SERVICE_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
+
+
+def child_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
+    """Drop a dead worker's live samples from the shared metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
