@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -31,10 +33,25 @@ def dev_config(tmp_path: Path, issuer: str, *, store_url: str = "memory://", ext
 CLI = [sys.executable, "-m", "token_service.cli"]  # ``token-service`` of this checkout
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``token-service ARGS`` in a child process, from the repository root, with exactly ``env``."""
+def run_cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``token-service ARGS`` in a child process, from ``cwd`` (the repository root), with exactly ``env``."""
     return subprocess.run([*CLI, *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """Every line the service wrote, parsed: each one must be a JSON object with pid and version."""
+    parsed = []
+    for text in output.splitlines():
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except ValueError:
+            raise AssertionError(f"not a JSON log line: {text!r}") from None
+        assert isinstance(line, dict) and {"ts", "level", "logger", "msg", "pid", "version"} <= set(line), text
+        parsed.append(line)
+    return parsed
 
 
 @dataclass
@@ -42,15 +59,21 @@ class Served:
     url: str
     output: str = ""  # everything gunicorn and the app printed, once stopped
 
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return json_lines(self.output)
+
 
 @contextmanager
-def gunicorn(config: Path, *, workers: int, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Run ``token-service serve``; stop it with SIGTERM; check its output leaks no secret."""
-    port = free_port()
+def gunicorn(config: Path, *, workers: int | None, env: dict[str, str] | None = None, cwd: Path = ROOT,
+             port: int | None = None) -> Iterator[Served]:
+    """Run ``token-service serve`` from ``cwd``; stop it with SIGTERM; check that its output is JSON
+    lines and leaks no secret. ``workers=None``: as many as the gunicorn settings say."""
+    port = port or free_port()
     proc = subprocess.Popen(
-        [*CLI, "serve", "--config", str(config),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-        cwd=ROOT, env={**os.environ, **SERVICE_ENV, **(env or {})},
+        [*CLI, "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}",
+         *(["--workers", str(workers)] if workers else [])],
+        cwd=cwd, env={**os.environ, **SERVICE_ENV, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     served = Served(f"http://127.0.0.1:{port}")
@@ -84,4 +107,5 @@ def gunicorn(config: Path, *, workers: int, env: dict[str, str] | None = None) -
         proc.stdout.close()
         served.output = "".join(lines)
         assert "Traceback" not in served.output
-        assert not find_leaks(served.output)
+        assert not find_leaks(served.output), find_leaks(served.output)
+        json_lines(served.output)

@@ -1,29 +1,36 @@
-"""JSON log lines (``logs.py``): one object per line, extras included, never a crash on odd values."""
+"""JSON log lines (``logs.py``): one object per line, written at once and in order, never a secret."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.support import in_forked_child
-from token_service.logs import JsonFormatter, request_id_var
+from token_service import __version__
+from token_service.logs import AuditLog, JsonFormatter, configure_logging, redact, request_id_var
 
 pytestmark = pytest.mark.unit
 
 
-def line(msg: str, **extra: object) -> dict:
-    record = logging.LogRecord("token_service.audit", logging.INFO, "(unknown file)", 0, msg, None, None)
+def line(msg: str, *args: object, level: int = logging.INFO, **extra: object) -> dict:
+    record = logging.LogRecord("token_service.audit", level, "(unknown file)", 0, msg, args or None, None)
     record.__dict__.update(extra)
     return json.loads(JsonFormatter().format(record))
 
 
-def test_message_level_logger_and_extras() -> None:
+def test_message_level_logger_pid_version_and_extras() -> None:
     out = line("token issued", event="token_issued", identity="zoë@例え.jp", grace=False, families=3, skipped=None)
     assert out["msg"] == "token issued" and out["level"] == "info" and out["logger"] == "token_service.audit"
+    assert out["pid"] == os.getpid() and out["version"] == __version__
     assert out["identity"] == "zoë@例え.jp"  # UTF-8 text, read back exactly
     assert out["grace"] is False and out["families"] == 3
     assert "skipped" not in out  # None-valued extras are left out
@@ -54,104 +61,140 @@ def test_request_id_is_on_every_line_of_the_request() -> None:
     assert json.loads(JsonFormatter().format(record))["request_id"] == "req-123"
 
 
+# -------------------------------------------------------------------------------- redaction
+
+VERIFIER = "kM3nJ0q-Xb8rT2vL9pYw4sZe7uHc1aGf6dNi5oQxRyK"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+REFRESH = "rt1.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (f"Using code_verifier: {VERIFIER!r}", VERIFIER),  # Authlib's flask client, at DEBUG
+        ("GET /callback?code=Zx81kQ&state=st4te&iss=http%3A%2F%2Fidp HTTP/1.1", "Zx81kQ"),
+        ("GET /callback?code=Zx81kQ&state=st4te&iss=http%3A%2F%2Fidp HTTP/1.1", "st4te"),
+        (f"https://app.example/x?access_token={JWT}&page=2", JWT),
+        ("https://app.example/x?refresh_token=opaque-value-1&page=2", "opaque-value-1"),
+        ("POST /token body grant_type=authorization_code&code=c0de-value&code_verifier=v3rifier", "c0de-value"),
+        ("POST /token body grant_type=authorization_code&code=c0de-value&code_verifier=v3rifier", "v3rifier"),
+        (f"token response {{'access_token': 'at-value', 'id_token': '{JWT}'}}", "at-value"),
+        ('{"refresh_token": "rt-value", "token_type": "Bearer"}', "rt-value"),
+        (f"refresh token {REFRESH} presented", REFRESH),
+        (f"a JWT somewhere: {JWT}", "eyJzdWIiOiJhbGljZSJ9"),
+        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123", "abcdefghijklmnopqrstuvwxyz0123"),
+        ("revoke token=opaque-revoked-token", "opaque-revoked-token"),
+    ],
+)
+def test_credentials_are_redacted_wherever_they_appear(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+    assert "[redacted]" in redact(text)
+    assert secret not in json.dumps(line(text))
+    assert secret not in json.dumps(line("fetched %s", text))  # through the message's arguments too
+    assert secret not in json.dumps(line("x", detail=text))  # and through extra fields
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "invalid token: the signature does not verify",
+        "the Authorization header must use the Bearer scheme",
+        "GET /healthz HTTP/1.1 status code: 200",
+        "refresh token reuse detected: family revoked",
+        "GET /login?return_to=%2Fdemo%2F",
+    ],
+)
+def test_lines_without_credentials_are_written_as_they_are(text: str) -> None:
+    assert redact(text) == text
+    assert line(text)["msg"] == text
+
+
+def test_a_field_named_like_a_credential_is_redacted_whatever_its_value() -> None:
+    out = line("odd caller", code="a-short-code", client_secret="s3cr3t", token="t0k3n", identity="alice")
+    assert (out["code"], out["client_secret"], out["token"]) == ("[redacted]",) * 3
+    assert out["identity"] == "alice"
+
+
+def test_exception_text_is_redacted() -> None:
+    try:
+        raise ValueError(f"cannot parse /callback?code=Zx81kQ&state=1 with {JWT}")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, "", 0, "failed", None, sys.exc_info())
+    text = JsonFormatter().format(record)
+    assert "Zx81kQ" not in text and JWT not in text and "ValueError" in text
+
+
+# ------------------------------------------------------------------------- writing, order, loss
+
+
 @contextmanager
-def _batching(path, interval: float = 60.0):
-    """A batching handler writing to ``path``; closed (pending lines written) on the way out."""
-    from token_service.logs import BatchingStreamHandler
-
-    with open(path, "w", encoding="utf-8") as stream:
-        handler = BatchingStreamHandler(stream, interval)
-        handler.setFormatter(JsonFormatter())
-        try:
-            yield handler
-        finally:
-            handler.close()  # as logging.shutdown does at a normal exit
-
-
-def _emit(handler, msg: str, level: int = logging.INFO) -> None:
-    handler.handle(logging.LogRecord("token_service.audit", level, "(unknown file)", 0, msg, None, None))
-
-
-def _messages(path) -> list[str]:
-    return [json.loads(text)["msg"] for text in path.read_text(encoding="utf-8").splitlines()]
-
-
-def test_batched_lines_wait_for_a_warning_or_a_flush_and_keep_their_order(tmp_path) -> None:
-    path = tmp_path / "log"
-    with _batching(path) as handler:
-        _emit(handler, "issued 1")
-        _emit(handler, "issued 2")
-        assert _messages(path) == []  # held: the interval (60 s) has not passed
-        _emit(handler, "reuse detected", logging.WARNING)
-        assert _messages(path) == ["issued 1", "issued 2", "reuse detected"]  # a warning goes at once
-        _emit(handler, "issued 3")
-        handler.flush()
-        assert _messages(path) == ["issued 1", "issued 2", "reuse detected", "issued 3"]
-        _emit(handler, "issued 4")
-    assert _messages(path)[-1] == "issued 4"  # closing wrote what was pending
-
-
-def test_batched_lines_are_written_within_the_interval(tmp_path) -> None:
-    import time
-
-    path = tmp_path / "log"
-    with _batching(path, interval=0.05) as handler:
-        _emit(handler, "issued")
-        deadline = time.monotonic() + 10  # a bound for a loaded machine, not a speed check
-        while _messages(path) != ["issued"]:
-            assert time.monotonic() < deadline, "the flusher thread never wrote the line"
-            time.sleep(0.01)
-
-
-def test_a_forked_worker_does_not_write_its_parents_pending_lines_again(tmp_path) -> None:
-    path = tmp_path / "log"
-    with _batching(path) as handler:
-        _emit(handler, "parent, before the fork")
-        in_forked_child(lambda: _emit(handler, "child", logging.WARNING) or b"")
-    assert sorted(_messages(path)) == ["child", "parent, before the fork"]
-
-
-def test_audit_lines_written_directly_match_those_written_through_logging(tmp_path) -> None:
-    """``AuditLog`` skips the log record when the batching handler is the only destination; the
-    line must be the one ``logging`` and ``JsonFormatter`` would have written (the time aside)."""
-    from token_service.logs import AuditLog, install_request_ids
-
-    install_request_ids()
-    audit = AuditLog("token_service.audit")
-    fields = {"event": "token_refreshed", "identity": "zoë@example.com", "grace": False, "skipped": None}
+def configured(stream: io.TextIOBase) -> Iterator[None]:
+    """``configure_logging`` writing to ``stream``; the root logger restored afterwards."""
     root = logging.getLogger()
     saved, saved_level = root.handlers[:], root.level
-    token = request_id_var.set("req-9")
-    path = tmp_path / "log"
+    configure_logging("INFO", stream)
     try:
-        with _batching(path) as handler:
-            records: list[logging.LogRecord] = []
-            handler.addFilter(lambda record: records.append(record) or True)  # sees records only
-            root.handlers[:] = [handler]  # as configure_logging() leaves it: the direct path
-            root.setLevel(logging.INFO)
-            audit.info("token refreshed", extra=fields)
-            audit.warning("refresh token reuse detected", extra=fields)
-            assert records == []  # no log record was made
-            root.handlers.append(logging.NullHandler())  # another destination: through logging
-            audit.info("token refreshed", extra=fields)
-            audit.warning("refresh token reuse detected", extra=fields)
-            assert len(records) == 2
+        yield
     finally:
         root.handlers[:] = saved
         root.setLevel(saved_level)
-        request_id_var.reset(token)
+        logging.captureWarnings(False)
+
+
+def test_each_line_is_written_when_it_is_logged_and_each_threads_lines_keep_their_order(tmp_path) -> None:
+    path = tmp_path / "log"
+    audit = AuditLog("token_service.audit")
+    with open(path, "w", encoding="utf-8") as stream, configured(stream):
+        audit.info("token issued", extra={"event": "token_issued", "n": 0})
+        # No flush, no close: the line is in the file already.
+        assert json.loads(path.read_text(encoding="utf-8"))["event"] == "token_issued"
+
+        def burst(worker: int) -> None:
+            for n in range(200):
+                audit.info("token refreshed", extra={"event": "token_refreshed", "worker": worker, "n": n})
+
+        threads = [threading.Thread(target=burst, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        audit.warning("refresh token reuse detected", extra={"event": "refresh_reuse_detected"})
     lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
-    for line in lines:
-        assert line.pop("ts").endswith("Z")
-    direct, through_logging = lines[:2], lines[2:]
-    assert direct == through_logging
-    keys = ["level", "logger", "msg", "request_id", "event", "identity", "grace"]
-    assert [list(line) for line in direct] == [keys, keys]
-    assert direct[1]["level"] == "warning" and direct[0]["identity"] == "zoë@example.com"
+    assert len(lines) == 1 + 4 * 200 + 1
+    for worker in range(4):
+        assert [x["n"] for x in lines if x.get("worker") == worker] == list(range(200))
+    assert lines[-1]["event"] == "refresh_reuse_detected" and lines[-1]["level"] == "warning"
 
 
-def test_a_broken_log_stream_loses_lines_but_never_raises(tmp_path) -> None:
-    with _batching(tmp_path / "log") as handler:
-        handler.stream.close()  # as a closed stderr pipe would be
-        _emit(handler, "reuse detected", logging.WARNING)  # written at once: into a closed stream
-        handler.add_line('{"msg": "direct"}', logging.WARNING)
+def test_audit_events_go_through_logging_like_every_other_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="token_service.audit"):
+        AuditLog("token_service.audit").warning("reuse", extra={"event": "refresh_reuse_detected", "family": "f1"})
+    (record,) = [r for r in caplog.records if r.name == "token_service.audit"]
+    assert record.levelno == logging.WARNING and record.family == "f1"
+
+
+def test_an_audit_line_logged_before_sigterm_is_not_lost() -> None:
+    """A process killed by SIGTERM's default action runs no exit handler: the line must be out already."""
+    program = (
+        "import os, signal\n"
+        "from token_service.logs import AuditLog, configure_logging\n"
+        "configure_logging('INFO')\n"
+        "AuditLog('token_service.audit').info('identity revoked', extra={'event': 'identity_revoked'})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -15
+    (only,) = [json.loads(text) for text in done.stderr.splitlines()]
+    assert only["event"] == "identity_revoked"
+
+
+def test_python_warnings_become_json_lines(tmp_path) -> None:
+    import warnings
+
+    path = tmp_path / "log"
+    with open(path, "w", encoding="utf-8") as stream, configured(stream):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("something deprecated", DeprecationWarning, stacklevel=1)
+    (warned,) = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
+    assert warned["logger"] == "py.warnings" and "something deprecated" in warned["msg"]

@@ -133,7 +133,7 @@ def test_identity_policy_rules() -> None:
 
 
 def test_unknown_keys_and_duplicates_are_named() -> None:
-    assert problems(with_("twilio.ttl", 5))[0].startswith("twilio.ttl: 5: Extra inputs are not permitted")
+    assert problems(with_("twilio.token_tll", 5)) == ["twilio: unknown key 'token_tll' (did you mean 'token_ttl'?)"]
     data = config_dict(ISSUER)
     data["issuers"].append(copy.deepcopy(data["issuers"][0]))
     assert "name must be unique, repeated: test" in problems(data)[0]
@@ -170,7 +170,9 @@ def test_shipped_example_and_dev_configs_parse() -> None:
 )
 def test_store_urls(url: str, rule: str) -> None:
     found = problems(with_("store", {"url": url}))
-    assert found[0].startswith(f"store.url: {url!r}: ") and rule in found[0]
+    shown = url.replace(":pw@", ":***@")  # a password in the URL is refused, and not printed
+    assert found[0].startswith(f"store.url: {shown!r}: ") and rule in found[0]
+    assert "pw@" not in found[0]
 
 
 def test_refresh_and_rate_limit_rules() -> None:
@@ -259,3 +261,122 @@ def test_examples_for_each_identity_provider_pass_check_config() -> None:
     for path in examples:
         result = run_cli("check-config", "--config", str(path), env={"TWILIO_API_KEY_SECRET": TWILIO_SECRET})
         assert result.returncode == 0 and "configuration is valid" in result.stdout, (path.name, result.stderr)
+# ------------------------------------------------------------------ check-config: every problem
+
+
+def test_every_problem_is_listed_in_one_run_even_beside_a_secret() -> None:
+    """Seven mistakes, one of them a secret in the file: seven problems, and the secret not shown."""
+    data = with_("twilio.token_ttl", 60)
+    data["twilio"]["service_sid"] = "IX" + "0" * 32
+    data["twilio"]["api_key_secret"] = "pasted-secret-value"
+    data["twilio"]["tokn_ttl"] = 900
+    data["server"] = {"cors_origins": ["*"], "trusted_proxies": -1}
+    found = problems(data, env={})
+    assert len(found) == 7, found
+    assert found[0] == ("twilio.api_key_secret: (hidden): secrets must come from environment variables or "
+                        "*_FILE files, never from the TOML file")
+    assert "server.trusted_proxies: -1: Input should be greater than or equal to 0" in found
+    assert any(p.startswith("server.cors_origins: ['*']: '*' is not allowed") for p in found)
+    assert "twilio: unknown key 'tokn_ttl' (did you mean 'token_ttl'?)" in found
+    assert any(p.startswith("twilio.service_sid: 'IX000") for p in found)
+    assert any(p.startswith("TWILIO_API_KEY_SECRET: (unset)") for p in found)
+    assert "pasted-secret-value" not in "\n".join(found)
+
+
+def test_the_memory_store_rule_is_checked_with_every_other_rule() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(with_("twilio.token_ttl", 60), environ=ENV, workers=3)
+    found = info.value.problems
+    assert len(found) == 2
+    assert found[0].startswith("twilio.token_ttl: 60:")
+    assert found[1].startswith("store.url: 'memory://': the memory store lives in one process but 3 workers")
+    assert settings_from_dict(config_dict(ISSUER), environ=ENV, workers=1).store.is_memory
+
+
+@pytest.mark.parametrize("key", ["session_key", "client_secret", "refresh_token", "admin_password", "api_key"])
+def test_login_keys_named_like_secrets_are_refused_and_never_shown(key: str) -> None:
+    data = with_("login", {"enabled": False, key: "do-not-print-me-0123456789abcdef"})
+    found = problems(data)
+    assert found == [f"login.{key}: (hidden): secrets must come from environment variables or *_FILE files, "
+                     "never from the TOML file"]
+
+
+def test_a_key_that_cannot_be_placed_never_shows_its_value() -> None:
+    data = with_("store", {"sentinel_pass": "hunter2-value"})
+    data["twilio"]["auth"] = "hunter3-value"
+    found = problems(data)
+    assert "hunter" not in "\n".join(found)
+    assert found == ["store: unknown key 'sentinel_pass' (known keys: url, username, key_prefix, connect_timeout, "
+                     "socket_timeout, retry_after, tls, tls_ca_file, tls_cert_file, tls_key_file, max_connections)",
+                     "twilio: unknown key 'auth' (known keys: account_sid, api_key_sid, service_sid, region, "
+                     "token_ttl, include_nbf, push_credentials)"]
+
+
+def test_unknown_sections_and_list_entries_get_a_did_you_mean() -> None:
+    data = config_dict(ISSUER)
+    data["twillio"] = {}
+    data["issuers"][0]["audience"] = ["x"]
+    found = problems(data)
+    assert "(top level): unknown key 'twillio' (did you mean 'twilio'?)" in found
+    assert "issuers[0]: unknown key 'audience' (did you mean 'audiences'?)" in found
+
+
+def test_an_obsolete_key_says_so() -> None:
+    found = problems(with_("logging", {"level": "INFO", "flush_interval": 0.25}))
+    assert found == ["logging: key 'flush_interval' is obsolete since 0.2.0: log lines are written as they "
+                     "happen; remove it"]
+
+
+def test_rules_over_a_section_name_the_key_path_not_a_dump_of_the_section() -> None:
+    found = problems(with_("refresh", {"idle_ttl": 7200, "absolute_ttl": 3600}))
+    assert found == ["refresh: idle_ttl must not exceed absolute_ttl"]
+    data = config_dict(ISSUER)
+    data["issuers"].append(copy.deepcopy(data["issuers"][0]))
+    (found,) = problems(data)
+    assert "{" not in found and "audiences" not in found  # no dict of the whole configuration
+
+
+@pytest.mark.parametrize("origin", ["*", "https://*.example.com"])
+def test_a_wildcard_cors_origin_is_refused_with_the_reason(origin: str) -> None:
+    (found,) = problems(with_("server", {"cors_origins": ["https://chat.example.com", origin]}))
+    assert found.startswith("server.cors_origins: ")
+    assert "credentials" in found and "list each origin" in found
+
+
+@pytest.mark.parametrize("origin", ["chat.example.com", "https://chat.example.com/app", "ftp://chat.example.com"])
+def test_a_cors_origin_must_be_scheme_host_and_port(origin: str) -> None:
+    (found,) = problems(with_("server", {"cors_origins": [origin]}))
+    assert "is not an origin: scheme://host[:port]" in found
+
+
+def test_placeholder_sids_are_warned_about_not_refused() -> None:
+    from token_service.settings import config_warnings
+
+    data = with_("twilio.account_sid", "AC" + "0" * 32)
+    data["roles"]["sids"]["admin"] = "RL" + "0" * 31 + "2"
+    warned = config_warnings(settings_from_dict(data, environ=ENV))
+    assert [w.split(":")[0] for w in warned] == [
+        "twilio.account_sid", "twilio.api_key_sid", "twilio.service_sid", "twilio.push_credentials.ios",
+        "roles.sids.user", "roles.sids.admin",
+    ]  # the test SIDs repeat one digit too ("b" * 32, ...)
+    assert all("looks like a placeholder" in w for w in warned)
+    real = {"account_sid": "AC3f9a0c2e7b1d4f6a8c0e2b4d6f8a1c3e", "api_key_sid": "SK0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e",
+            "service_sid": "IS9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"}
+    data = config_dict(ISSUER)
+    data["twilio"] = real
+    data["roles"] = {"sids": {"user": "RL5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f"}, "default": "user"}
+    assert config_warnings(settings_from_dict(data, environ=ENV)) == []
+
+
+def test_the_shipped_kubernetes_configmap_warns_about_its_placeholders() -> None:
+    import tomllib
+
+    import yaml
+
+    from token_service.settings import config_warnings
+
+    root = Path(__file__).resolve().parent.parent
+    configmap = yaml.safe_load((root / "deploy" / "kubernetes" / "configmap.yaml").read_text(encoding="utf-8"))
+    data = tomllib.loads(configmap["data"]["config.toml"])
+    warned = config_warnings(settings_from_dict(data, environ={**ENV, "REDIS_PASSWORD": "pw"}))
+    assert any(w.startswith("twilio.account_sid:") for w in warned)

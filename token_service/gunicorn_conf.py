@@ -21,15 +21,22 @@ __all__ = [
     "child_exit",
 ]
 
-bind = [os.environ.get("TOKEN_SERVICE_BIND", "127.0.0.1:8000")]
+
+
+def _env(name: str, default: str) -> str:
+    """``TOKEN_SERVICE_<name>``, or ``default`` when it is unset or empty."""
+    return os.environ.get(f"TOKEN_SERVICE_{name}") or default
+
+
+bind = [_env("BIND", "127.0.0.1:8000")]
 # Token minting is CPU-bound (signature checks, HMAC): one worker per core, plus one.
-workers = int(os.environ.get("TOKEN_SERVICE_WORKERS", multiprocessing.cpu_count() + 1))
+workers = int(_env("WORKERS", str(multiprocessing.cpu_count() + 1)))
 # Threads let a worker keep answering while one request waits on the IdP or the store.
 worker_class = "gthread"
-threads = int(os.environ.get("TOKEN_SERVICE_THREADS", "4"))
-timeout = int(os.environ.get("TOKEN_SERVICE_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("TOKEN_SERVICE_GRACEFUL_TIMEOUT", "20"))
-keepalive = int(os.environ.get("TOKEN_SERVICE_KEEPALIVE", "5"))
+threads = int(_env("THREADS", "4"))
+timeout = int(_env("TIMEOUT", "30"))
+graceful_timeout = int(_env("GRACEFUL_TIMEOUT", "20"))
+keepalive = int(_env("KEEPALIVE", "5"))
 # Build the app once in the master, then fork: workers share the loaded code.
 preload_app = True
 # Header limits: a bearer token is at most 16 KiB, so 32 KiB per header field is enough.
@@ -37,9 +44,9 @@ limit_request_line = 8190
 limit_request_field_size = 32768
 # gunicorn's access log is off unless TOKEN_SERVICE_ACCESS_LOG names a file or "-" (stdout): the
 # gateway logs requests already. The app's own per-request line is [logging] access_log.
-accesslog = os.environ.get("TOKEN_SERVICE_ACCESS_LOG") or None
+accesslog = _env("ACCESS_LOG", "") or None
 errorlog = "-"
-loglevel = os.environ.get("TOKEN_SERVICE_LOG_LEVEL", "info")
+loglevel = _env("LOG_LEVEL", "info")
 # gunicorn's own lines as JSON, like the app's, with credentials redacted (gunicorn_logger.py).
 logger_class = "token_service.gunicorn_logger.JsonLogger"
 # X-Forwarded-* is handled by the app ([server] trusted_proxies), not by gunicorn.
@@ -48,7 +55,7 @@ forwarded_allow_ips = ""
 # $HOME/.gunicorn/gunicorn.ctl, and with an unwritable HOME (a container, systemd's
 # ProtectSystem=strict) each start logs an error. TOKEN_SERVICE_CONTROL_SOCKET=/run/.../gunicorn.ctl
 # turns it on at a path of this instance's own.
-control_socket = os.environ.get("TOKEN_SERVICE_CONTROL_SOCKET", "")
+control_socket = _env("CONTROL_SOCKET", "")
 control_socket_disable = not control_socket
 
 
