@@ -6,4 +6,8 @@
 (see the packaged module), or copy that module and point ``--gunicorn-config`` at the copy.
 """
 
-from token_service.gunicorn_conf import *  # noqa: F403
+import runpy as _runpy
+
+# Run afresh (not a cached import), so the environment variables are read each time this file is.
+_packaged = _runpy.run_module("token_service.gunicorn_conf")
+globals().update({_name: _packaged[_name] for _name in _packaged["__all__"]})

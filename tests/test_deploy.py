@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
@@ -48,6 +49,10 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 DASHBOARD = DEPLOY / "grafana" / "token-service-dashboard.json"
 
 NAMESPACE = "token-service"
+# Manifests kustomization.yaml leaves out on purpose (placeholders, CRDs, a host to fill in).
+OPTIONAL_MANIFESTS = {"secret.example.yaml", "ingress.example.yaml", "servicemonitor.yaml"}
+# What Kubernetes' readiness probe asks: this replica only, never what all replicas share.
+READINESS_PATH = "/readyz?exclude=store&exclude=issuers"
 SECRETS_ENV = {"TWILIO_API_KEY_SECRET": "x" * 32, "REDIS_PASSWORD": "pw"}
 
 # The metrics the app exposes (token_service/metrics.py); dashboards and alerts may use only these.
@@ -283,10 +288,14 @@ def test_kustomization_lists_every_manifest_except_the_placeholder_secret() -> N
     resources = kustomization["resources"]
     for name in resources:
         assert (K8S / name).is_file(), f"kustomization.yaml lists {name}, which does not exist"
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} - OPTIONAL_MANIFESTS
     assert set(resources) == manifests
-    # Applying placeholders would overwrite the real Secret on every deploy.
-    assert "secret.example.yaml" not in resources
+    # Applying placeholders would overwrite the real Secret on every deploy; the ServiceMonitor needs
+    # the Prometheus Operator's CRDs; the Ingress needs a real host. Each is named, not applied.
+    text = (K8S / "kustomization.yaml").read_text(encoding="utf-8")
+    for name in OPTIONAL_MANIFESTS:
+        assert name not in resources and (K8S / name).is_file()
+        assert name in text or name == "secret.example.yaml", f"kustomization.yaml should say what {name} is for"
     images = {image["name"] for image in kustomization.get("images", [])}
     containers = _the("Deployment")["spec"]["template"]["spec"]["containers"]
     deployment_images = {c["image"].rsplit(":", 1)[0] for c in containers}
@@ -306,12 +315,7 @@ def test_deployment_probes_resources_and_security_context(monkeypatch: pytest.Mo
         (container,) = pod["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
 
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
-            get = container[probe]["httpGet"]
-            assert get["path"] == path, f"{probe} must GET {path}"
-            assert get["port"] in ports or get["port"] in ports.values(), f"{probe}: unknown port {get['port']}"
-        # The readiness timeout must outlast an IdP key fetch (issuer http_timeout, 3 s by default).
-        assert container["readinessProbe"]["timeoutSeconds"] > 3
+        _check_probes(container, ports)
 
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), f"resources.{kind}"
@@ -380,6 +384,107 @@ def test_deployment_probes_resources_and_security_context(monkeypatch: pytest.Mo
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
         assert int(annotations["prometheus.io/port"]) == ports["http"]
+
+
+def _check_probes(container: dict[str, Any], ports: dict[str, int]) -> None:
+    """Kubernetes' guidance: startup and liveness look at the process only; readiness at this replica
+    only (the store and the IdPs are shared by every replica, so they are excluded)."""
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                        ("readinessProbe", READINESS_PATH)):
+        assert probe in container, f"no {probe}"
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, f"{probe} must GET {path}"
+        assert get["port"] in ports or get["port"] in ports.values(), f"{probe}: unknown port {get['port']}"
+    path, _, query = container["readinessProbe"]["httpGet"]["path"].partition("?")
+    assert path == "/readyz" and sorted(parse_qs(query)["exclude"]) == ["issuers", "store"]
+    # A slow start is the startup probe's to cover (at least a minute), not liveness' to punish.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    liveness = container["livenessProbe"]
+    assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 20, "liveness restarts only a hung process"
+
+
+@pytest.mark.integration
+def test_the_readiness_probe_keeps_a_replica_in_rotation_while_redis_is_down(idp: Any, rsa_key: dict) -> None:
+    """With the store down, /readyz says so (503) for dashboards, but the probe's own path answers 200,
+    and the token endpoints answer for themselves: 503 problem+json with Retry-After."""
+    from tests.support import config_dict, forge, id_claims, problem, running, settings_for
+
+    (container,) = _the("Deployment")["spec"]["template"]["spec"]["containers"]
+    probe_path = container["readinessProbe"]["httpGet"]["path"]
+    data = config_dict(idp.issuer)
+    data["store"] = {"url": f"redis://127.0.0.1:{free_port()}/0", "retry_after": 3}
+    with running(settings_for(data)) as service:
+        assert service.get("/readyz").status_code == 503
+        ready = service.get(probe_path)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["excluded"] == ["issuers", "store"]
+        refused = service.post_token(forge(rsa_key, id_claims(idp.issuer)))
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "3"
+        assert problem(refused)["type"] == "unavailable"
+        assert service.get("/readyz?exclude=database").status_code == 400
+
+
+@pytest.mark.unit
+def test_the_redis_password_is_optional_and_the_twilio_secret_is_not() -> None:
+    (container,) = _the("Deployment")["spec"]["template"]["spec"]["containers"]
+    refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}
+    assert refs["REDIS_PASSWORD"]["optional"] is True
+    volumes = {v["name"]: v for v in _the("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    secret_volume = next(v["secret"] for v in volumes.values() if "secret" in v)
+    assert secret_volume.get("optional", False) is False
+    assert [item["key"] for item in secret_volume["items"]] == ["twilio-api-key-secret"]
+
+
+@pytest.mark.unit
+def test_network_policy_lets_in_the_ingress_and_prometheus_and_out_dns_redis_and_https() -> None:
+    policy = _the("NetworkPolicy")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    pod_labels = _the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    container_ports = {p["name"]: p["containerPort"]
+                       for p in _the("Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"], "every ingress rule names its sources"
+        assert all(port["port"] in container_ports for port in rule["ports"])
+    egress_ports = {(port["port"], port.get("protocol", "TCP")) for rule in policy["spec"]["egress"]
+                    for port in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (6379, "TCP"), (26379, "TCP"), (443, "TCP")} <= egress_ports
+    # The ConfigMap's Redis sentinels listen on a port the policy lets out.
+    store_url = tomllib.loads(_the("ConfigMap")["data"]["config.toml"])["store"]["url"]
+    assert all((int(host.rsplit(":", 1)[1].split("/")[0]), "TCP") in egress_ports
+               for host in store_url.split("://", 1)[1].split(","))
+
+
+@pytest.mark.unit
+def test_service_monitor_scrapes_metrics_through_the_service() -> None:
+    monitor = _the("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = _the("Service")
+    assert _selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    service_ports = {port["name"] for port in service["spec"]["ports"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in service_ports and endpoint["path"] == "/metrics"
+
+
+@pytest.mark.unit
+def test_ingress_example_routes_only_the_public_paths_and_never_retries() -> None:
+    ingress = _the("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"] == "off"
+    service = _the("Service")
+    service_ports = {port["name"] for port in service["spec"]["ports"]}
+    paths = []
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"] and backend["port"]["name"] in service_ports
+            paths.append(path["path"])
+    assert "/v1/" in paths and "/healthz" in paths
+    assert not {"/", "/metrics", "/readyz"} & set(paths), "internal endpoints stay inside the cluster"
+    assert ingress["spec"]["tls"], "TLS at the ingress"
 
 
 @pytest.mark.unit

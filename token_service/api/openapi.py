@@ -240,13 +240,23 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "ready",
                     "summary": "Readiness: the store and each issuer's signing keys.",
+                    "parameters": [{
+                        "name": "exclude", "in": "query", "style": "form", "explode": True,
+                        "description": "Checks to leave out (Kubernetes' readiness probe leaves out both: "
+                                       "they are shared by every replica).",
+                        "schema": {"type": "array", "items": {"enum": ["store", "issuers"]}},
+                    }],
                     "responses": {
-                        code: {
-                            "description": text,
-                            "headers": COMMON_HEADERS,
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}},
-                        }
-                        for code, text in (("200", "Ready (possibly degraded)."), ("503", "Not ready."))
+                        **{
+                            code: {
+                                "description": text,
+                                "headers": COMMON_HEADERS,
+                                "content": {"application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Readiness"}}},
+                            }
+                            for code, text in (("200", "Ready (possibly degraded)."), ("503", "Not ready."))
+                        },
+                        "400": _problem("An unknown check in exclude."),
                     },
                 }
             },
@@ -338,6 +348,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "status": {"enum": ["ok", "degraded", "unavailable"]},
                         "store": {"type": "object"},
                         "issuers": {"type": "object", "additionalProperties": {"type": "object"}},
+                        "excluded": {"type": "array", "items": {"enum": ["store", "issuers"]}},
                     },
                 },
             },
