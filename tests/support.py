@@ -36,12 +36,18 @@ CR_IOS = "CR" + "3" * 32
 AUDIENCES = ["token-service-dev", "token-service-es256", "urn:token-service:api"]
 
 # What no log line or server output may hold. Fragments count: a truncated token is still a leak.
+_CREDENTIAL_PARAMETER = r"(?:code|code_verifier|access_token|refresh_token|id_token|client_secret|logout_token)"
 LEAK_PATTERNS = {
     "a JWT or part of one": re.compile(r"eyJ[A-Za-z0-9_-]{8,}"),
     "a refresh token or part of one": re.compile(r"rt[12]\.[A-Za-z0-9_-]{8,}"),
     "a bearer credential": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{20,}"),
     "the Twilio API key secret": re.compile(re.escape(TWILIO_SECRET)),
+    "the session-cookie signing key": re.compile(re.escape(SESSION_KEY)),
     "a Redis password": re.compile(r"s3cret-pass"),
+    "the query string of an OAuth callback": re.compile(r"/callback\?(?!\[redacted\])[^\s\"']"),
+    "a credential in a query string or form": re.compile(
+        rf"(?<![\w-]){_CREDENTIAL_PARAMETER}=(?!\[redacted\])[^&\s\"'#]+"),
+    "a PKCE code_verifier": re.compile(r"code_verifier\W{0,6}(?!\[redacted)[A-Za-z0-9._~-]{43,}"),
 }
 
 
