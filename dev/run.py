@@ -86,6 +86,10 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], what: str, timeout: f
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # A stop comes first: a Ctrl-C that lands while a child is being forked (before it moves
+        # to its own session) also reaches, and ends, that child.
+        if _stopping:
+            return False
         if proc.poll() is not None:
             raise SystemExit(f"make run: {what} exited with status {proc.returncode} (its output is above)")
         try:
@@ -163,10 +167,9 @@ def main() -> int:
             if not wait_until_up(f"{service_url}/healthz", procs[-1], "token-service"):
                 return 0
             print(next_steps(service_url, idp_url), flush=True)
-            while all(p.poll() is None for p in procs):
-                if not pause(0.5):
-                    return 0
-            return 1
+            while not _stopping and all(p.poll() is None for p in procs):
+                pause(0.5)
+            return 0 if _stopping else 1
         finally:
             for proc in reversed(procs):
                 stop(proc)
