@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -849,7 +850,7 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _format_errors(exc: ValidationError, hidden: set[Loc] = frozenset()) -> list[str]:  # type: ignore[assignment]
+def _format_errors(exc: ValidationError, hidden: Collection[Loc] = ()) -> list[str]:
     """pydantic's errors as ``key: value: rule`` lines (``key: rule`` for a whole section).
 
     Unknown keys get a did-you-mean; keys in ``hidden`` (already reported as secrets) are skipped;
