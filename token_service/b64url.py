@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import binascii
 
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _BASE64URL_VALUES = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 _UNUSED_LOW_BITS = {2: 0x0F, 3: 0x03}  # characters % 4 -> bits of the last character that carry no data
-
-
-def b64url(data: bytes) -> str:
-    """``data`` as base64url without ``=`` padding."""
-    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(segment: str) -> bytes:
