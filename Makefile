@@ -2,7 +2,8 @@
 #   make test   ruff + the whole test suite (real oidc-provider, real HTTP): installs everything
 #   make run    the service on embedded defaults + the development identity provider: installs only
 #               what running needs (requirements.lock, the project, devidp's oidc-provider)
-#   make bench  req/s of /v1/token and /v1/token/refresh vs a bare Flask baseline (wrk; root installs it)
+#   make bench  token-service side by side with its peers: peak, CPU per request, open-loop tail, Redis bytes
+#               per family (wrk and nginx: root installs them; bench/openloop.c is built with cc)
 #   make lock   re-resolve the lock files after changing pyproject.toml
 # requirements.lock pins what the service runs (the container installs only it); requirements-dev.lock
 # adds the test and lint tools, resolved with requirements.lock as a constraint, so the pins agree.
@@ -52,7 +53,13 @@ test: lint
 run: install-run
 	@$(BIN)/python dev/run.py
 
-bench: install
+OPENLOOP := build/bench/openloop
+
+$(OPENLOOP): bench/openloop.c
+	mkdir -p $(dir $@)
+	$${CC:-cc} -O2 -Wall -Wextra -o $@ $<
+
+bench: install $(OPENLOOP)
 	$(BIN)/python -m bench.run
 
 lock:

@@ -1,0 +1,139 @@
+"""Redis bytes per live refresh family, read from Redis itself (INFO memory, MEMORY USAGE).
+
+Measured on the bench's own Redis before any load, through the real endpoints: ``families`` new
+families (``per_identity`` of them per identity), then every family refreshed ``refreshes`` times,
+one token after the other as a client does. ``used_memory`` after each step, less the reading before,
+divided by the families, is the figure; the keys are never named or parsed, so it holds for any store
+layout. Rate-limit buckets (keys that expire within the rate-limit window) are deleted before each
+reading: they go a minute after a family's last request, while the family lives for days. A few
+families are issued before the first reading, so what Redis creates once (a HyperLogLog of active
+identities, the scripts) is not charged to the families measured.
+
+One family's keys are found by difference: the keys a second family of an identity adds (its first
+also adds the identity's own keys). Their ``MEMORY USAGE`` is given fresh and after the refreshes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+import requests
+
+from bench.pools import issue_refresh_tokens
+from bench.procs import BenchError
+
+BUCKET_TTL_MS = 60_000  # the bench's rate-limit window: a key expiring sooner is a bucket
+REFRESH_THREADS = 4
+WARMUP_FAMILIES = 20  # issued first, so one-off structures (scripts, a HyperLogLog) are not counted per family
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    families: int
+    per_identity: int
+    refreshes: int
+    fresh_bytes: float  # used_memory delta per family, right after issue
+    refreshed_bytes: float  # ... after every family was refreshed `refreshes` times
+    keys_per_family: float
+    one_family_keys: int
+    one_family_fresh: int  # MEMORY USAGE of one family's keys, fresh
+    one_family_refreshed: int  # ... after `refreshes` refreshes
+    buckets_deleted: int
+
+
+def refresh_chain(base_url: str, token: str, times: int) -> str:
+    """Refresh ``times`` times, each with the token the previous answer gave; the last token back."""
+    with requests.Session() as session:
+        for _ in range(times):
+            resp = session.post(f"{base_url}/v1/token/refresh", json={"refresh_token": token}, timeout=10)
+            if resp.status_code != 200:
+                raise BenchError(f"POST /v1/token/refresh answered {resp.status_code}: {resp.text[:300]}")
+            token = resp.json()["refresh_token"]
+    return token
+
+
+class RedisMemory:
+    """Readings of one Redis: used memory, its keys, and what the keys of a set use."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def drop_buckets(self) -> int:
+        """Delete keys that expire within the rate-limit window; how many there were."""
+        short = [key for key in self.client.scan_iter(count=1000)
+                 if 0 <= self.client.pttl(key) <= BUCKET_TTL_MS]
+        if short:
+            self.client.delete(*short)
+        return len(short)
+
+    def used(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def keys(self) -> set[bytes]:
+        return set(self.client.scan_iter(count=1000))
+
+    def usage(self, keys: Sequence[bytes]) -> int:
+        return sum(self.client.memory_usage(key, samples=0) or 0 for key in keys)
+
+
+def needed_identities(families: int, per_identity: int) -> int:
+    """The families' identities, one more for the lone family, and the warm-up's."""
+    return -(-families // per_identity) + 1 + WARMUP_FAMILIES
+
+
+def measure(
+    client: redis.Redis,
+    base_url: str,
+    id_tokens: Sequence[str],
+    families: int,
+    per_identity: int,
+    refreshes: int,
+    log: Callable[[str], None],
+) -> MemoryReport:
+    """See the module docstring. ``id_tokens`` are of distinct identities, not yet used on this Redis."""
+    identities = -(-families // per_identity)
+    if len(id_tokens) < needed_identities(families, per_identity):
+        raise BenchError(f"the Redis memory reading needs {needed_identities(families, per_identity)} identities; "
+                         "raise BENCH_POOL")
+    memory = RedisMemory(client)
+    issue_refresh_tokens(base_url, id_tokens[identities + 1:][:WARMUP_FAMILIES])
+    deleted = memory.drop_buckets()
+    before, keys_before = memory.used(), client.dbsize()
+    log(f"redis memory: issuing {families} families ({per_identity} per identity)")
+    sources = [id_tokens[i % identities] for i in range(families)]
+    tokens = issue_refresh_tokens(base_url, sources)
+    deleted += memory.drop_buckets()
+    fresh, keys_after = memory.used(), client.dbsize()
+    log(f"redis memory: refreshing each family {refreshes} times")
+    with ThreadPoolExecutor(REFRESH_THREADS) as pool:
+        list(pool.map(lambda token: refresh_chain(base_url, token, refreshes), tokens))
+    deleted += memory.drop_buckets()
+    refreshed = memory.used()
+
+    # One family by difference: an identity's second family adds only the family's own keys.
+    lone = id_tokens[identities]
+    issue_refresh_tokens(base_url, [lone])
+    memory.drop_buckets()
+    known = memory.keys()
+    (token,) = issue_refresh_tokens(base_url, [lone])
+    memory.drop_buckets()
+    own = sorted(memory.keys() - known)
+    one_fresh = memory.usage(own)
+    refresh_chain(base_url, token, refreshes)
+    memory.drop_buckets()
+    own = sorted(set(own) | (memory.keys() - known))
+    return MemoryReport(
+        families=families,
+        per_identity=per_identity,
+        refreshes=refreshes,
+        fresh_bytes=(fresh - before) / families,
+        refreshed_bytes=(refreshed - before) / families,
+        keys_per_family=(keys_after - keys_before) / families,
+        one_family_keys=len(own),
+        one_family_fresh=one_fresh,
+        one_family_refreshed=memory.usage(own),
+        buckets_deleted=deleted,
+    )
