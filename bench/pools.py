@@ -16,7 +16,7 @@ from pathlib import Path
 import jwt
 import requests
 
-from bench.loadgen import read_lines, write_lines
+from bench.loadgen import write_lines
 from bench.procs import BenchError
 from devidp.harness import DevIdP, DevIdPError, oidc_login
 
@@ -98,30 +98,19 @@ def oidc_refresh_tokens(idp: DevIdP, users: Sequence[str]) -> list[str]:
 
 @dataclass
 class RefreshTokenSupply:
-    """A file of ``count`` live refresh tokens for each run, under ``workdir``.
+    """A file of ``count`` new refresh tokens (new families) for each run, under ``workdir``.
 
-    ``make(n)`` mints n new ones. With ``reuse``, the tokens a run left unused (its generator writes
-    them to the leftover file) are taken first: oidc-provider's cost does not grow with a grant's age,
-    and a login costs ten requests. Without, every run starts fresh families (token-service's store
-    keeps per-family history, so reused families would measure old families, not the usual mix).
+    Every run needs its own: those in flight when a run stops are spent and their successors lost.
+    ``make(n)`` mints n of them.
     """
 
     name: str
     count: int
     make: Callable[[int], list[str]]
     workdir: Path
-    reuse: bool = False
     runs: int = 0
 
-    def leftover(self) -> Path:
-        return self.workdir / f"{self.name}-leftover.txt"
-
     def next_file(self, log: Callable[[str], None]) -> Path:
-        kept = read_lines(self.leftover())[: self.count] if self.reuse else []
-        self.leftover().unlink(missing_ok=True)
-        missing = self.count - len(kept)
-        if missing:
-            log(f"{self.name}: making {missing} refresh tokens" + (f" ({len(kept)} kept)" if kept else ""))
-        tokens = kept + (self.make(missing) if missing else [])
+        log(f"{self.name}: making {self.count} refresh tokens")
         self.runs += 1
-        return write_lines(self.workdir / f"{self.name}-{self.runs}.txt", tokens)
+        return write_lines(self.workdir / f"{self.name}-{self.runs}.txt", self.make(self.count))

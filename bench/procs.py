@@ -165,18 +165,34 @@ class Server:
         self.stop()
 
 
-def context_switches(pids: Iterable[int]) -> int:
-    """Voluntary + involuntary context switches of every thread of ``pids`` so far.
-
-    A voluntary switch is a thread blocking (on the GIL, a socket, the thread pool's queue); an
-    involuntary one is the scheduler taking the core away: more runnable threads than cores.
-    """
-    total = 0
+def _task_files(pids: Iterable[int], name: str) -> Iterable[str]:
+    """The text of /proc/PID/task/TID/``name`` for every thread of ``pids`` still there."""
     for pid in pids:
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError):
-                    for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
-                        if "ctxt_switches:" in line:
-                            total += int(line.split()[1])
-    return total
+                    yield Path(f"/proc/{pid}/task/{task}/{name}").read_text()
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """What the scheduler did to the threads of some processes so far.
+
+    ``switches``: voluntary (a thread blocked: on the GIL, a socket, the thread pool's queue) plus
+    involuntary (the scheduler took the core away). ``run_delay``: seconds runnable threads waited for a
+    core (``schedstat``), the queueing that more runnable threads than cores adds to every request.
+    """
+
+    switches: int
+    run_delay: float
+
+    @classmethod
+    def of(cls, pids: Iterable[int]) -> Scheduling:
+        pids = list(pids)
+        switches = sum(int(line.split()[1]) for text in _task_files(pids, "status")
+                       for line in text.splitlines() if "ctxt_switches:" in line)
+        delay = sum(int(text.split()[1]) for text in _task_files(pids, "schedstat")) / 1e9
+        return cls(switches, delay)
+
+    def __sub__(self, other: Scheduling) -> Scheduling:
+        return Scheduling(self.switches - other.switches, self.run_delay - other.run_delay)

@@ -35,7 +35,7 @@ Environment (defaults in brackets):
     BENCH_OPEN_DURATION [20], BENCH_OPEN_WARMUP [2], BENCH_OPEN_CONNECTIONS [64]   (seconds; keep-alive)
     BENCH_POOL [2000]                   distinct users in the ID token pool
     BENCH_FAMILIES [1000]               token-service refresh families per run (fresh each run)
-    BENCH_OIDC_FAMILIES [128]           oidc-provider grants per run (its memory adapter keeps 1,000 entries)
+    BENCH_OIDC_FAMILIES [64]            oidc-provider grants per run, from new logins (see oidc_load)
     BENCH_MEMORY_FAMILIES [500], BENCH_MEMORY_PER_IDENTITY [2], BENCH_MEMORY_REFRESHES [16]
 """
 
@@ -154,17 +154,18 @@ class Settings:
             open_connections=_whole(env, "BENCH_OPEN_CONNECTIONS", 64),
             pool=_whole(env, "BENCH_POOL", 2000),
             families=_whole(env, "BENCH_FAMILIES", 1000),
-            oidc_families=_whole(env, "BENCH_OIDC_FAMILIES", 128),
+            oidc_families=_whole(env, "BENCH_OIDC_FAMILIES", 64),
             memory_families=_whole(env, "BENCH_MEMORY_FAMILIES", 500),
             memory_per_identity=_whole(env, "BENCH_MEMORY_PER_IDENTITY", 2),
             memory_refreshes=_whole(env, "BENCH_MEMORY_REFRESHES", 16, minimum=0),
         )
         if settings.connections < settings.wrk_threads:
             raise BenchError("WRK_CONNECTIONS must be at least WRK_THREADS (wrk gives each thread its share)")
-        chain_floor = 2 * max(settings.connections, settings.open_connections)
-        if min(settings.families, settings.oidc_families) < chain_floor:
-            raise BenchError(f"BENCH_FAMILIES and BENCH_OIDC_FAMILIES must be at least {chain_floor} "
-                             "(twice the connections), or the refresh chains starve")
+        if settings.families < 2 * max(settings.connections, settings.open_connections):
+            raise BenchError("BENCH_FAMILIES must be at least twice WRK_CONNECTIONS and BENCH_OPEN_CONNECTIONS, "
+                             "or the refresh chains starve")
+        if settings.oidc_families < 2 * settings.connections:
+            raise BenchError("BENCH_OIDC_FAMILIES must be at least twice WRK_CONNECTIONS, or the chains starve")
         return settings
 
     def wrk(self) -> Wrk:
@@ -340,7 +341,7 @@ def start_backends(stack: contextlib.ExitStack, settings: Settings, workdir: Pat
     log("starting redis and the dev IdP")
     redis_server = stack.enter_context(RedisServer())
     idp = stack.enter_context(DevIdP(keys=generate_keys(), clients=pools.oidc_clients(),
-                                     users=pools.oidc_users(settings.oidc_families)))
+                                     users=pools.oidc_users(settings.pool)))
     log(f"minting {settings.pool} RS256 ID tokens")
     id_tokens = pools.mint_id_tokens(idp, settings.pool)
     return Backends(
@@ -424,8 +425,13 @@ def refresh_load(
 
 
 def oidc_load(backends: Backends, settings: Settings) -> Callable[[], Load]:
-    """oidc-provider's refresh grant; the grants a run left live are used again, topped up by logins."""
-    users = list(pools.oidc_users(settings.oidc_families))
+    """oidc-provider's refresh grant, on grants from new logins for each run, each of another user.
+
+    Few of them: the provider's in-memory adapter keeps 1,000 to 2,000 entries (an LRU), a login adds
+    about ten, and a refresh about three. A grant not looked up for that long is gone, and its refresh
+    fails (as 128 logins before a run made a few of the first ones do).
+    """
+    users = list(pools.oidc_users(settings.pool))
     logins = 0
 
     def make(count: int) -> list[str]:
@@ -434,14 +440,10 @@ def oidc_load(backends: Backends, settings: Settings) -> Callable[[], Load]:
         logins += count
         return pools.oidc_refresh_tokens(backends.idp, chosen)
 
-    supply = pools.RefreshTokenSupply("oidc", settings.oidc_families, make, backends.workdir, reuse=True)
-
-    def load() -> Load:
-        return Load("POST", "/token", headers=("Content-Type: application/x-www-form-urlencoded",),
-                    body=f"grant_type=refresh_token&client_id={pools.OIDC_CLIENT_ID}&refresh_token={{}}",
-                    items=supply.next_file(log), chain="refresh_token", leftover=supply.leftover())
-
-    return load
+    supply = pools.RefreshTokenSupply("oidc", settings.oidc_families, make, backends.workdir)
+    return lambda: Load("POST", "/token", headers=("Content-Type: application/x-www-form-urlencoded",),
+                        body=f"grant_type=refresh_token&client_id={pools.OIDC_CLIENT_ID}&refresh_token={{}}",
+                        items=supply.next_file(log), chain="refresh_token")
 
 
 # --------------------------------------------------------------------------- report
@@ -623,7 +625,7 @@ def header(settings: Settings) -> list[str]:
         f"- wrk -t{settings.wrk_threads} -c{settings.connections} -d{settings.duration}s, warm-up "
         f"{settings.warmup}s per target in round 1; {settings.rounds} interleaved rounds",
         f"- token pool {settings.pool} distinct users (RS256); {settings.families} fresh refresh families per "
-        f"token-service run; {settings.oidc_families} oidc-provider grants per run (kept live between runs); "
+        f"token-service run; {settings.oidc_families} oidc-provider grants (new logins) per run; "
         "rate limits on at 1,000,000 per 60 s per key",
         "",
     ]
