@@ -33,6 +33,7 @@ Environment (defaults in brackets):
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_THREADS [2], WRK_CONNECTIONS [32], WRK_TIMEOUT [2s]
     BENCH_OPEN_LOAD [0.7]               open-loop rate as a share of the round's peak refresh rate
     BENCH_OPEN_DURATION [20], BENCH_OPEN_WARMUP [2], BENCH_OPEN_CONNECTIONS [64]   (seconds; keep-alive)
+    BENCH_OPEN_NICE [-10 as root, else 0]   the open-loop generator's nice value (see loadgen.OpenLoop)
     BENCH_POOL [2000]                   distinct users in the ID token pool
     BENCH_FAMILIES [1000]               token-service refresh families per run (fresh each run)
     BENCH_OIDC_FAMILIES [64]            oidc-provider grants per run, from new logins (see oidc_load)
@@ -79,7 +80,7 @@ import redis  # noqa: E402
 
 from bench import loadgen, pools, redis_memory, servers  # noqa: E402
 from bench.loadgen import Load, OpenLoop, OpenLoopResult, Wrk, WrkResult  # noqa: E402
-from bench.procs import BenchError, CpuGroups, Server, process_tree  # noqa: E402
+from bench.procs import BenchError, CpuGroups, Scheduling, Server, process_tree  # noqa: E402
 from bench.servers import Shape  # noqa: E402
 from devidp.harness import DevIdP, DevIdPError, generate_keys  # noqa: E402
 from tests.redis_servers import RedisServer, RedisServerError, ensure_redis_server  # noqa: E402
@@ -131,6 +132,7 @@ class Settings:
     open_duration: float
     open_warmup: float
     open_connections: int
+    open_nice: int
     pool: int
     families: int
     oidc_families: int
@@ -152,6 +154,7 @@ class Settings:
             open_duration=_number(env, "BENCH_OPEN_DURATION", 20),
             open_warmup=_number(env, "BENCH_OPEN_WARMUP", 2, minimum=0),
             open_connections=_whole(env, "BENCH_OPEN_CONNECTIONS", 64),
+            open_nice=int(_number(env, "BENCH_OPEN_NICE", -10 if os.geteuid() == 0 else 0, minimum=-20)),
             pool=_whole(env, "BENCH_POOL", 2000),
             families=_whole(env, "BENCH_FAMILIES", 1000),
             oidc_families=_whole(env, "BENCH_OIDC_FAMILIES", 64),
@@ -172,7 +175,8 @@ class Settings:
         return Wrk(loadgen.ensure_tool("wrk"), self.wrk_threads, self.connections, self.timeout)
 
     def open_loop(self) -> OpenLoop:
-        return OpenLoop(loadgen.build_openloop(BUILD), self.open_connections, self.open_warmup, drain=5.0)
+        return OpenLoop(loadgen.build_openloop(BUILD), self.open_connections, self.open_warmup, drain=5.0,
+                        nice=self.open_nice)
 
 
 def machine_lines() -> list[str]:
@@ -225,6 +229,7 @@ class Run:
     worker_split: str = ""
     attempts: int = 1
     discarded: tuple[str, ...] = ()
+    sched: Scheduling | None = None  # the workers' context switches and run-queue wait, per request
 
     @property
     def requests(self) -> int:
@@ -306,11 +311,14 @@ class Bench:
         settings = self.settings
         log(f"{target.label}: round {round_no}, open loop at {rate:,.0f} req/s for {settings.open_duration:g}s")
         load = target.load()
-        before = target.cpu.sample()
+        workers = target.cpu.groups.get("workers", lambda: [])
+        before, sched_before = target.cpu.sample(), Scheduling.of(workers())
         result = self.open_loop.run(target.address, load, rate, settings.open_duration)
-        after = target.cpu.sample()
+        after, sched = target.cpu.sample(), Scheduling.of(workers()) - sched_before
         self.check(f"{target.label} open loop", f"round {round_no}", result)
-        return Run(target.key, round_no, result, CpuGroups.used(before, after))
+        count = max(result.requests, 1)
+        return Run(target.key, round_no, result, CpuGroups.used(before, after),
+                   sched=Scheduling(round(sched.switches / count), sched.run_delay / count))
 
 
 # --------------------------------------------------------------------------- set-up
@@ -483,8 +491,9 @@ def closed_table(labels: Mapping[str, str], runs: Sequence[Run]) -> list[str]:
 
 def open_table(runs: Sequence[Run]) -> list[str]:
     lines = [
-        "| round | offered | achieved | p50 | p99 | p99.9 | max | server CPU per request | generator's send lag p99 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| round | offered | achieved | p50 | p99 | p99.9 | max | server CPU per request | run-queue wait "
+        "| generator's send lag p99 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         res = run.result
@@ -492,7 +501,7 @@ def open_table(runs: Sequence[Run]) -> list[str]:
         lines.append(
             f"| {run.round_no} | {res.rate:,.0f}/s | {res.achieved_rate:,.0f}/s | {res.p50_ms:.2f} ms "
             f"| {res.p99_ms:.2f} ms | {res.p999_ms:.2f} ms | {res.max_ms:.2f} ms | {run.cpu_us():,.0f} µs "
-            f"| {res.send_lag_p99_ms:.2f} ms |"
+            f"| {1000 * run.sched.run_delay if run.sched else 0:.2f} ms | {res.send_lag_p99_ms:.2f} ms |"
         )
     return lines
 
@@ -522,7 +531,9 @@ def report(settings: Settings, labels: Mapping[str, str], closed: Sequence[Run],
         f"### Open loop: token-service refresh at {settings.open_load:.0%} of each round's peak",
         "",
         f"{settings.open_connections} keep-alive connections; latency from each request's intended send time; "
-        f"{settings.open_duration:g} s measured after {settings.open_warmup:g} s of warm-up.",
+        f"{settings.open_duration:g} s measured after {settings.open_warmup:g} s of warm-up; generator at nice "
+        f"{settings.open_nice}. Run-queue wait: the time the service's threads waited runnable for a core, per "
+        "request.",
         "",
         *open_table(opened),
         "",

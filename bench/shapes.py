@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import run
 from bench.loadgen import OpenLoopResult, WrkResult
-from bench.procs import BenchError, Scheduling
+from bench.procs import BenchError
 from bench.servers import Shape, parse_shape
 
 DEFAULT_SHAPES = "gthread:3x4,gthread:3x4,gthread:3x1,gthread:2x4,gthread:3x4:ka0,sync:3,sync:3+nginx,sync:4+nginx"
@@ -46,7 +46,6 @@ def exploration(settings: run.Settings, shapes: Sequence[Shape], workdir: Path) 
     runner = run.Bench(settings.wrk(), settings.open_loop(), settings)
     started = time.monotonic()
     runs: dict[tuple[int, str], list[run.Run]] = {}
-    sched: dict[tuple[int, str], list[Scheduling]] = {}
     with contextlib.ExitStack() as stack:
         backends = run.start_backends(stack, settings, workdir)
         targets: list[list[run.Target]] = []
@@ -65,19 +64,13 @@ def exploration(settings: run.Settings, shapes: Sequence[Shape], workdir: Path) 
                 for target in targets[i]:
                     peak = runner.closed(target, round_no)
                     assert isinstance(peak.result, WrkResult)
-                    workers = target.cpu.groups["workers"]
-                    before = Scheduling.of(workers())
                     opened = runner.open(target, settings.open_load * peak.result.requests_per_sec, round_no)
-                    used = Scheduling.of(workers()) - before
-                    requests = max(opened.requests, 1)
-                    sched.setdefault((i, target.key), []).append(
-                        Scheduling(round(used.switches / requests), used.run_delay / requests))
                     runs.setdefault((i, target.key), []).extend([peak, opened])
-    return report(settings, shapes, runs, sched, time.monotonic() - started, runner.problems)
+    return report(settings, shapes, runs, time.monotonic() - started, runner.problems)
 
 
 def report(settings: run.Settings, shapes: Sequence[Shape], runs: dict[tuple[int, str], list[run.Run]],
-           sched: dict[tuple[int, str], list[Scheduling]], elapsed: float, problems: Sequence[str]) -> str:
+           elapsed: float, problems: Sequence[str]) -> str:
     lines = [
         f"Medians of {settings.rounds} rounds. Closed loop: wrk -c{settings.connections}. Open loop: "
         f"{settings.open_load:.0%} of the same round's peak, {settings.open_connections} connections, latency "
@@ -106,8 +99,8 @@ def report(settings: run.Settings, shapes: Sequence[Shape], runs: dict[tuple[int
                 f"| {_median(r.result.p99_ms for r in opened):.1f} ms "
                 f"| {_median(r.result.p999_ms for r in opened):.1f} ms "  # type: ignore[union-attr]
                 f"| {_median(r.cpu_us() for r in opened):,.0f} µs "
-                f"| {_median(s.switches for s in sched.get((i, endpoint), [])):.1f} "
-                f"| {_median(1000 * s.run_delay for s in sched.get((i, endpoint), [])):.2f} ms "
+                f"| {_median(r.sched.switches for r in opened if r.sched):.1f} "
+                f"| {_median(1000 * r.sched.run_delay for r in opened if r.sched):.2f} ms "
                 f"| {' / '.join(f'{r.result.p99_ms:.0f}' for r in opened)} |"
             )
         lines.append("")
