@@ -2,20 +2,22 @@
 
 Measured on the bench's own Redis before any load, through the real endpoints: ``families`` new
 families (``per_identity`` of them per identity), then every family refreshed ``refreshes`` times,
-one token after the other as a client does. ``used_memory`` after each step, less the reading before,
-divided by the families, is the figure; the keys are never named or parsed, so it holds for any store
-layout. Rate-limit buckets (keys that expire within the rate-limit window) are deleted before each
-reading: they go a minute after a family's last request, while the family lives for days. A few
+one token after the other as a client does. ``used_memory`` (less client buffers and cached scripts)
+after each step, less the reading before, divided by the families, is the figure; the keys are never
+named or parsed, so it holds for any store layout. Rate-limit buckets (keys that expire within the
+rate-limit window) are deleted before each reading: they go a minute after a family's last request,
+while the family lives for days. A few
 families are issued before the first reading, so what Redis creates once (a HyperLogLog of active
 identities, the scripts) is not charged to the families measured.
 
-One family's keys are found by difference: the keys a second family of an identity adds (its first
-also adds the identity's own keys). Their ``MEMORY USAGE`` is given fresh and after the refreshes.
+For one identity, the ``MEMORY USAGE`` summed over every key is read by difference: what its first
+family adds (with the identity's own keys), what a second family adds (whether new keys or fields of
+the identity's), and that second family after the refreshes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,9 +40,9 @@ class MemoryReport:
     fresh_bytes: float  # used_memory delta per family, right after issue
     refreshed_bytes: float  # ... after every family was refreshed `refreshes` times
     keys_per_family: float
-    one_family_keys: int
-    one_family_fresh: int  # MEMORY USAGE of one family's keys, fresh
-    one_family_refreshed: int  # ... after `refreshes` refreshes
+    identity_first_family: int  # MEMORY USAGE added by an identity with its first family
+    further_family: int  # ... by a second family of that identity, fresh
+    further_family_refreshed: int  # ... that family after `refreshes` refreshes
     buckets_deleted: int
 
 
@@ -70,12 +72,15 @@ class RedisMemory:
         return len(short)
 
     def used(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
+        """``used_memory`` less the client buffers and the cached scripts: the data and its keyspace
+        overhead, without what depends on how many connections are open or which scripts ran."""
+        info = self.client.info("memory")
+        return int(info["used_memory"]) - int(info["mem_clients_normal"]) - int(info["used_memory_scripts"])
 
     def keys(self) -> set[bytes]:
         return set(self.client.scan_iter(count=1000))
 
-    def usage(self, keys: Sequence[bytes]) -> int:
+    def usage(self, keys: Iterable[bytes]) -> int:
         return sum(self.client.memory_usage(key, samples=0) or 0 for key in keys)
 
 
@@ -113,18 +118,19 @@ def measure(
     deleted += memory.drop_buckets()
     refreshed = memory.used()
 
-    # One family by difference: an identity's second family adds only the family's own keys.
+    # One identity by difference of MEMORY USAGE over every key: its first family, then a second one
+    # (which may only grow keys the first made), then that family refreshed.
     lone = id_tokens[identities]
+    memory.drop_buckets()
+    start = memory.usage(memory.keys())
     issue_refresh_tokens(base_url, [lone])
     memory.drop_buckets()
-    known = memory.keys()
+    first = memory.usage(memory.keys())
     (token,) = issue_refresh_tokens(base_url, [lone])
     memory.drop_buckets()
-    own = sorted(memory.keys() - known)
-    one_fresh = memory.usage(own)
+    second = memory.usage(memory.keys())
     refresh_chain(base_url, token, refreshes)
     memory.drop_buckets()
-    own = sorted(set(own) | (memory.keys() - known))
     return MemoryReport(
         families=families,
         per_identity=per_identity,
@@ -132,8 +138,8 @@ def measure(
         fresh_bytes=(fresh - before) / families,
         refreshed_bytes=(refreshed - before) / families,
         keys_per_family=(keys_after - keys_before) / families,
-        one_family_keys=len(own),
-        one_family_fresh=one_fresh,
-        one_family_refreshed=memory.usage(own),
+        identity_first_family=first - start,
+        further_family=second - first,
+        further_family_refreshed=memory.usage(memory.keys()) - first,
         buckets_deleted=deleted,
     )

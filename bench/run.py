@@ -541,9 +541,11 @@ def report(settings: Settings, labels: Mapping[str, str], closed: Sequence[Run],
         "",
         f"- {memory.families} families, {memory.per_identity} per identity: {memory.fresh_bytes:,.0f} bytes per family "
         f"fresh ({memory.keys_per_family:.1f} keys each), {memory.refreshed_bytes:,.0f} bytes after "
-        f"{memory.refreshes} refreshes each (`used_memory` delta / families, rate-limit buckets excluded)",
-        f"- one family's own {memory.one_family_keys} keys: MEMORY USAGE {memory.one_family_fresh:,} bytes fresh, "
-        f"{memory.one_family_refreshed:,} bytes after {memory.refreshes} refreshes",
+        f"{memory.refreshes} refreshes each (`used_memory` delta / families; rate-limit buckets, client "
+        "buffers and cached scripts excluded)",
+        f"- MEMORY USAGE summed over every key: an identity with its first family adds "
+        f"{memory.identity_first_family:,} bytes, a second family {memory.further_family:,} bytes fresh and "
+        f"{memory.further_family_refreshed:,} bytes after {memory.refreshes} refreshes",
         "",
         "### Targets",
         "",
