@@ -1,7 +1,8 @@
 """``make bench``: token-service side by side with the peers a user would pick instead, in one run.
 
-Targets, each under the same server shape (``deploy/gunicorn.conf.py``, or what the ``TOKEN_SERVICE_*``
-variables make of it) wherever it is a Python app:
+Targets, each under the same server shape (the packaged gunicorn settings through
+``bench/gunicorn.conf.py``, or what the ``TOKEN_SERVICE_*`` variables make of them) wherever it is a
+Python app:
 
 - a bare Flask hello (``bench/hello.py``);
 - the Twilio sample token server pattern (``bench/twilio_sample.py``: Flask + ``twilio`` ``AccessToken``
@@ -27,7 +28,7 @@ A missed target still exits 0 (a benchmark, not a test); a non-2xx answer, a soc
 refresh chain or a server that does not start exits 1. Everything started is stopped on exit.
 
 Environment (defaults in brackets):
-    TOKEN_SERVICE_WORKER_CLASS, _WORKERS, _THREADS, _KEEPALIVE   the server shape [deploy/gunicorn.conf.py's]
+    TOKEN_SERVICE_WORKER_CLASS, _WORKERS, _THREADS, _KEEPALIVE   the server shape [the packaged settings']
     BENCH_NGINX [0]                     1: nginx in front of token-service (its CPU counted)
     BENCH_ROUNDS [3]                    interleaved rounds
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_THREADS [2], WRK_CONNECTIONS [32], WRK_TIMEOUT [2s]

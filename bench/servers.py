@@ -2,8 +2,9 @@
 
 Every Python app runs under the same gunicorn settings (the packaged ones, through
 ``bench/gunicorn.conf.py``) and the same shape: worker class, workers, threads and keep-alive come from
-the ``TOKEN_SERVICE_*`` variables those settings read. "Behind nginx" puts nginx in front of token-service, with the proxy settings of the shipped
-``deploy/nginx/token-service.conf`` (plain HTTP on loopback: no TLS anywhere in the bench).
+the ``TOKEN_SERVICE_*`` variables those settings read. "Behind nginx" puts nginx in front of
+token-service, with the proxy settings of the shipped ``deploy/nginx/token-service.conf`` (plain HTTP
+on loopback: no TLS anywhere in the bench).
 """
 
 from __future__ import annotations
