@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import requests
@@ -117,6 +117,22 @@ def _parse_jwks(document: Any) -> KeySet:
         detail = f" (refused: {'; '.join(f'{k}: {r}' for k, r in refused.items())})" if refused else ""
         raise FetchError(f"the JWKS document holds no usable signature key{detail}")
     return KeySet(keys, refused)
+
+
+class KeyCache(Protocol):
+    """What verification and readiness need of an issuer's keys, however they are fetched."""
+
+    name: str
+    cooldown: float
+
+    def get_key(self, kid: str | None, alg: str) -> Any:
+        """The public key for ``kid`` and ``alg``; ``KeyNotFound`` or ``KeysUnavailable`` otherwise."""
+
+    def status(self) -> dict[str, Any]:
+        """The readiness report of these keys."""
+
+    def ensure_loaded(self) -> None:
+        """Load keys ahead of the first token, where that is possible."""
 
 
 class KeySource:
