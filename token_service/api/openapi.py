@@ -161,18 +161,31 @@ def _oauth_error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
 
 def _oauth_paths(platforms: list[str]) -> dict[str, Any]:
     """``/oauth2/token`` (RFC 6749, RFC 8693) and its RFC 8414 metadata."""
-    form = {
-        "type": "object",
-        "required": ["grant_type"],
-        "properties": {
-            "grant_type": {"type": "string", "enum": [oauth.TOKEN_EXCHANGE, oauth.REFRESH_TOKEN]},
-            "subject_token": {"type": "string", "description": "token exchange: the IdP token (the proof)"},
-            "subject_token_type": {"type": "string", "enum": list(oauth.SUBJECT_TOKEN_TYPES)},
-            "requested_token_type": {"type": "string", "enum": list(oauth.ISSUED_TOKEN_TYPES)},
-            "refresh_token": {"type": "string", "description": "refresh_token grant: a refresh token of this service"},
-            "platform": {"type": "string", "enum": platforms, "description": "Picks the push credential."},
+    platform = {"type": "string", "enum": platforms, "description": "Picks the push credential."}
+    form = {"oneOf": [
+        {
+            "title": "RFC 8693 token exchange",
+            "type": "object",
+            "required": ["grant_type", "subject_token", "subject_token_type"],
+            "properties": {
+                "grant_type": {"const": oauth.TOKEN_EXCHANGE},
+                "subject_token": {"type": "string", "minLength": 1, "description": "The IdP token: the proof."},
+                "subject_token_type": {"type": "string", "enum": list(oauth.SUBJECT_TOKEN_TYPES)},
+                "requested_token_type": {"type": "string", "enum": list(oauth.ISSUED_TOKEN_TYPES)},
+                "platform": platform,
+            },
         },
-    }
+        {
+            "title": "RFC 6749 refresh",
+            "type": "object",
+            "required": ["grant_type", "refresh_token"],
+            "properties": {
+                "grant_type": {"const": oauth.REFRESH_TOKEN},
+                "refresh_token": REFRESH_TOKEN,
+                "platform": platform,
+            },
+        },
+    ]}
     retry = {"Retry-After": _retry_after()}
     return {
         oauth.TOKEN_PATH: {"post": {
