@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from token_service.authn.introspection import TokenBucket
-from token_service.authn.jwks import MAX_BAD_KIDS, KeyNotFound, KeysUnavailable
+from token_service.authn.jwks import MAX_BAD_KIDS, KeyNotFound, KeysUnavailable, key_report
 from token_service.authn.jws import (
     check_header,
     checked_claims,
@@ -170,26 +170,11 @@ class AlbKeyCache:
         """``on_demand`` until a first key is fetched (kids are only known from assertions); then the
         youngest key's age gives ``fresh``, ``stale`` or ``expired``, as for a JWKS."""
         now = self._clock()
-        ages = [now - fetched for fetched, _ in self._keys.values()]
-        age = min(ages) if ages else None
-        if age is None:
-            state = "on_demand"
-        else:
-            state = "fresh" if age <= self.ttl else "stale" if age <= self.max_stale else "expired"
-        return {
-            "state": state,
-            "usable": state in {"fresh", "stale"} or (state == "on_demand" and self._last_error is None),
-            "source": self.url_template,
-            "keys": len(self._keys),
-            "refused_keys": [{"kid": kid, "reason": "not published as a P-256 key"} for kid in
-                             sorted(self._bad_kids)[:20]],
-            "age_seconds": None if age is None else round(age, 1),
-            "ttl_seconds": self.ttl,
-            "max_stale_seconds": self.max_stale,
-            "fetches": self._fetches,
-            "fetch_failures": self._failures,
-            "last_error": self._last_error,
-        }
+        age = min((now - fetched for fetched, _ in self._keys.values()), default=None)
+        refused = [{"kid": kid, "reason": "not published as a P-256 key"} for kid in sorted(self._bad_kids)[:20]]
+        return key_report(age, self, source=self.url_template, keys=len(self._keys), refused=refused,
+                          fetches=self._fetches, failures=self._failures, last_error=self._last_error,
+                          before_first="on_demand")
 
     def ensure_loaded(self) -> None:
         """Nothing to load ahead: ALB keys are fetched by the kid an assertion names."""
