@@ -202,7 +202,8 @@ def test_rfc7523_assertion_is_single_use_and_bound_to_its_clients_key(service: R
     assert borrowed.status_code == 401
 
 
-def test_client_mint_never_changes_the_role_a_sign_in_set(service: RunningService, cc_idp: DevIdP) -> None:
+def test_client_mint_never_changes_the_role_a_sign_in_set(service: RunningService, cc_idp: DevIdP,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     signed_in = service.post_token(cc_idp.login("alice")["id_token"]).json()
     assert signed_in["role"] == "user"
     # desk (no refresh tokens) may mint alice as admin: that token only.
@@ -211,8 +212,11 @@ def test_client_mint_never_changes_the_role_a_sign_in_set(service: RunningServic
     refreshed = post_refresh(service.url, signed_in["refresh_token"])
     assert refreshed.json()["role"] == "user"  # the current role is still the sign-in's
     # console's mints carry refresh tokens: a family of alice mints her current role, so no other.
-    refused = mint(service, assertion("console", CONSOLE_KEYS), "alice@example.com", role="admin")
+    with caplog.at_level(logging.INFO, logger="token_service.audit"):
+        refused = mint(service, assertion("console", CONSOLE_KEYS), "alice@example.com", role="admin")
     assert refused.status_code == 403 and "set by its sign-ins" in problem(refused)["detail"]
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "client_mint_refused"]
+    assert (line.client_id, line.identity, line.role) == ("console", "alice@example.com", "admin")
     same = mint(service, assertion("console", CONSOLE_KEYS), "alice@example.com", role="user")
     assert same.status_code == 200 and same.json()["refresh_token"]
     assert post_refresh(service.url, same.json()["refresh_token"]).json()["role"] == "user"

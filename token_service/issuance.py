@@ -286,16 +286,13 @@ class TokenIssuer:
         name = client.client_id
         try:
             mapped = self.clients.permit(client, identity, role)
+            if client.refresh_tokens:
+                self._role_is_current(mapped, name)
         except ServiceError as exc:
-            child(CLIENT_MINTS, name, "refused").inc()
-            audit.info("client mint refused", extra={
-                "event": "client_mint_refused", "client_id": name, "identity": identity[:256], "role": role,
-                "reason": exc.detail, "client_ip": client_ip,
-            })
+            self._client_refused(name, identity, role, exc, client_ip)
             raise self._count_failure("client", self.clients.buckets(self.limiter, client, tag=None, ip=client_ip),
                                       exc) from None
-        tag = identity_tag(mapped.identity)
-        buckets = self.clients.buckets(self.limiter, client, tag=tag, ip=client_ip)
+        buckets = self.clients.buckets(self.limiter, client, tag=identity_tag(mapped.identity), ip=client_ip)
         on_behalf = {"client_id": name}
         if client.refresh_tokens:
             issued = self._client_family(mapped, client.credential_subject, name, buckets, platform, client_ip)
@@ -314,15 +311,26 @@ class TokenIssuer:
         child(CLIENT_MINTS, name, "issued").inc()
         return issued
 
-    def _client_family(self, mapped: Mapped, subject: str, client_id: str, buckets: list[Bucket],
-                       platform: str | None, client_ip: str | None) -> IssuedToken:
-        """A trusted client's mint with a refresh token: a family of the identity, marked as the client's."""
-        tag = identity_tag(mapped.identity)
-        current = self.store.current_role(tag)
+    @staticmethod
+    def _client_refused(client_id: str, identity: str, role: str | None, exc: ServiceError,
+                        client_ip: str | None) -> None:
+        child(CLIENT_MINTS, client_id, "refused").inc()
+        audit.info("client mint refused", extra={
+            "event": "client_mint_refused", "client_id": client_id, "identity": identity[:256], "role": role,
+            "reason": exc.detail, "client_ip": client_ip,
+        })
+
+    def _role_is_current(self, mapped: Mapped, client_id: str) -> None:
+        """A client's refresh family mints the identity's current role: it may only start with that one."""
+        current = self.store.current_role(identity_tag(mapped.identity))
         if current is not None and current != mapped.role:
             raise AccessDenied(f"this identity's role is set by its sign-ins; a refresh family of client "
                                f"{client_id!r} would carry that role ({current!r}): ask for it, or mint without "
                                "refresh tokens")
+
+    def _client_family(self, mapped: Mapped, subject: str, client_id: str, buckets: list[Bucket],
+                       platform: str | None, client_ip: str | None) -> IssuedToken:
+        """A trusted client's mint with a refresh token: a family of the identity, marked as the client's."""
         issued = self.start_family(mapped, issuer=f"client:{client_id}", subject=subject, idp_session="",
                                    platform=platform, client_ip=client_ip, confirmed_at=int(time.time()),
                                    endpoint="client", buckets=buckets, audit_fields={"client_id": client_id})
@@ -330,8 +338,10 @@ class TokenIssuer:
             # A sign-in set another role in the moment since the check above: the token is not handed out.
             token = self.refresh_tokens.parse(issued.refresh_token)
             self.store.revoke([], token.tag, token.family_id, 0, self.policy)
-            raise AccessDenied(f"this identity's role was just set by a sign-in; client {client_id!r} may not "
-                               "start a refresh family with another role")
+            refused = AccessDenied(f"this identity's role was just set by a sign-in; client {client_id!r} may "
+                                   "not start a refresh family with another role")
+            self._client_refused(client_id, mapped.identity, mapped.role, refused, client_ip)
+            raise refused
         return issued
 
     def sync_user(self, identity: str, role_sid: str, friendly_name: str | None = None) -> None:
