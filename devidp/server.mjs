@@ -193,6 +193,9 @@ function buildProvider(config) {
         },
       },
       backchannelLogout: { enabled: true },
+      // Backends (a test's `extra_clients` with grant_types ['client_credentials']) get access
+      // tokens for themselves: with `resource`, a JWT for the resource server (RFC 9068).
+      clientCredentials: { enabled: true },
       rpInitiatedLogout: { enabled: true },
       resourceIndicators: {
         enabled: true,

@@ -34,10 +34,15 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_description(case: schemathesis.Case) -> None:
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
     headers = {}
     if "Authorization" not in (case.headers or {}):  # a valid proof, so the 200 paths are fuzzed too
         headers["Authorization"] = "Bearer " + forge(rsa(KEYS), id_claims(ISSUER))
-    case.call_and_validate(headers=headers)
+    # RFC 6749 5.2 (and RFC 8693 2.2.2) answer 400 to a grant refused for what no schema can say (a
+    # subject token's signature, a spent refresh token): a schema-valid guess is rightly a 400 there.
+    excluded = [positive_data_acceptance] if case.path == "/oauth2/token" else []
+    case.call_and_validate(headers=headers, excluded_checks=excluded)
 
 
 def test_document_lists_every_route() -> None:
@@ -45,6 +50,7 @@ def test_document_lists_every_route() -> None:
     assert raw["openapi"] == "3.1.0"
     assert set(raw["paths"]) == {
         "/v1/token", "/v1/token/refresh", "/v1/token/revoke", "/healthz", "/readyz", "/metrics", "/openapi.json",
+        "/oauth2/token", "/.well-known/oauth-authorization-server",
     }
     assert raw["components"]["schemas"]["TokenRequest"]["properties"]["platform"]["enum"] == ["android", "ios", "web"]
 

@@ -27,12 +27,14 @@ EXAMPLES = ROOT / "examples" / "idp"
 
 
 class KeyServer:
-    """A real HTTP server on loopback with the JWKS at ``/keys`` and any documents under their paths."""
+    """A real HTTP server on loopback with the JWKS at ``/keys`` and any documents under their paths
+    (JSON, or ``bytes`` served as they are: an AWS ALB's PEM keys). ``hits`` counts requests per path."""
 
     def __init__(self, documents: dict[str, Any] | None = None) -> None:
         self.keys = generate_keys()
         self.documents: dict[str, Any] = {"/keys": public_jwks(self.keys), **(documents or {})}
         self.requests = 0
+        self.hits: dict[str, int] = {}
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -40,9 +42,12 @@ class KeyServer:
     @Request.application  # type: ignore[arg-type]
     def _app(self, request: Request) -> Response:
         self.requests += 1
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
         document = self.documents.get(request.path)
         if document is None:
             return Response("not found", status=404)
+        if isinstance(document, bytes):
+            return Response(document, content_type="application/x-pem-file")
         return Response(json.dumps(document), content_type="application/json")
 
     @property
@@ -54,9 +59,9 @@ class KeyServer:
         self._server.server_close()
 
 
-def example(name: str) -> dict[str, Any]:
-    """The parsed example file ``examples/idp/<name>.toml``."""
-    with open(EXAMPLES / f"{name}.toml", "rb") as fh:
+def example(name: str, folder: str = "idp") -> dict[str, Any]:
+    """The parsed example file ``examples/<folder>/<name>.toml``."""
+    with open(EXAMPLES.parent / folder / f"{name}.toml", "rb") as fh:
         return tomllib.load(fh)
 
 

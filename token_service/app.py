@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from token_service.api import browser, cors, health, observability, openapi, token_api
+from token_service.api import browser, cors, health, oauth, observability, openapi, token_api
 from token_service.api.errors import register_error_handlers
 from token_service.issuance import TokenIssuer
 from token_service.logs import install_request_ids
@@ -31,6 +31,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(token_api.bp)
+    app.register_blueprint(oauth.bp)
     signed_in = browser.install(app, issuer)
     if signed_in is not None:
         app.extensions["token_service.browser"] = signed_in

@@ -11,15 +11,29 @@ and every device learn the newest role, never an older one.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from token_service.authn.bearer import BearerVerifier, VerifiedToken
+from token_service.authn.clients import TrustedClients
+from token_service.authn.gateway import GatewayAssertion, Gateways
 from token_service.authn.sessions import BrowserSession, SessionStore
 from token_service.conversations import SyncSettings, UserSync
-from token_service.errors import GroupOverage, InvalidGrant, InvalidRequest, LoginRequired, RateLimited, ServiceError
+from token_service.errors import (
+    AccessDenied,
+    GroupOverage,
+    InvalidGrant,
+    InvalidRequest,
+    LoginRequired,
+    RateLimited,
+    ServiceError,
+)
 from token_service.logs import AuditLog
 from token_service.mapping import Condition, IdentityPolicy, Mapped, RolePolicy, map_claims
 from token_service.metrics import (
+    CLIENT_MINTS,
     FAMILIES_REVOKED,
     GROUP_OVERAGE,
     RATE_LIMITED,
@@ -148,6 +162,8 @@ class TokenIssuer:
         self.logout_issuer = settings.login.issuer if settings.login.enabled else None
         self.platforms = KNOWN_PLATFORMS | set(twilio.push_credentials)
         self.user_sync = user_sync_for(settings, store)
+        self.gateways = Gateways(settings.issuers, settings.server.trusted_proxy_addresses, self.verifier)
+        self.clients = TrustedClients(settings, self.verifier, store)
 
     # -- pieces -----------------------------------------------------------------------------
     def push_credential(self, platform: str | None) -> str | None:
@@ -200,9 +216,25 @@ class TokenIssuer:
     # -- endpoints --------------------------------------------------------------------------
     def issue_for_bearer(self, bearer: str, *, platform: str | None, client_ip: str | None) -> IssuedToken:
         """Verify ``bearer``, map its claims, start a refresh family and mint."""
+        return self._issue_for_proof(partial(self.verifier.verify, bearer), platform=platform, client_ip=client_ip)
+
+    def gateway_assertion(self, header: Callable[[str], str | None], peer: str | None) -> GatewayAssertion | None:
+        """The identity assertion a gateway in front forwarded, when ``peer`` is a trusted proxy (else None)."""
+        return self.gateways.assertion(header, peer)
+
+    def issue_for_gateway(self, assertion: GatewayAssertion, *, platform: str | None,
+                          client_ip: str | None) -> IssuedToken:
+        """A gateway's assertion is a proof like a bearer token: the same mapping, limits, family and audit."""
+        return self._issue_for_proof(partial(self.gateways.verify, assertion), platform=platform,
+                                     client_ip=client_ip)
+
+    def _issue_for_proof(self, verify: Callable[[], VerifiedToken], *, platform: str | None,
+                         client_ip: str | None) -> IssuedToken:
         self.push_credential(platform)  # reject a bad platform before any expensive work
         try:
-            verified = self.verifier.verify(bearer)
+            verified = verify()
+            if self.clients.owner(verified) is not None:
+                raise InvalidRequest("this token is a trusted client's credential: send the identity to mint for")
             mapped = self.map_verified(verified)
         except ServiceError as exc:
             if exc.status >= 500:
@@ -233,6 +265,85 @@ class TokenIssuer:
             confirmed_at=session.created_at,
         )
 
+    def issue_for_client(self, credential: str, identity: str, role: str | None, *, platform: str | None,
+                         client_ip: str | None) -> IssuedToken:
+        """A trusted backend client mints for the identity it names, within its allow-list.
+
+        A client is not the user's identity provider, so its mint never sets or changes the identity's
+        current role (which sign-ins set). Without refresh tokens (the default) the token carries the
+        role asked for, and nothing about the identity is stored. With ``refresh_tokens``, the mint
+        starts a family of the identity like any other, which mints the identity's current role at
+        every refresh: so it is refused (403) when a sign-in set another role than the one asked for;
+        for an identity no sign-in has reached (a bot), the role asked for becomes its role.
+        """
+        self.push_credential(platform)
+        try:
+            client = self.clients.authenticate(credential)
+        except ServiceError as exc:
+            if exc.status >= 500:
+                raise
+            raise self._count_failure("client", self.limiter.failure_buckets("client", ip=client_ip), exc) from None
+        name = client.client_id
+        try:
+            mapped = self.clients.permit(client, identity, role)
+            if client.refresh_tokens:
+                self._role_is_current(mapped, name)
+        except ServiceError as exc:
+            self._client_refused(name, identity, role, exc, client_ip)
+            raise self._count_failure("client", self.clients.buckets(self.limiter, client, tag=None, ip=client_ip),
+                                      exc) from None
+        buckets = self.clients.buckets(self.limiter, client, tag=identity_tag(mapped.identity), ip=client_ip)
+        on_behalf = {"client_id": name}
+        if client.refresh_tokens:
+            issued = self._client_family(mapped, client.credential_subject, name, buckets, platform, client_ip)
+        else:
+            limits = self.store.hit(buckets)
+            _refuse_if_limited("client", limits)
+            self.sync_user(mapped.identity, mapped.role_sid)  # yields to a role a sign-in set
+            minted = self.mint(mapped, platform)
+            child(TOKENS_ISSUED, f"client:{name}", mapped.role).inc()
+            audit.info("token issued", extra={
+                "event": "token_issued", "identity": mapped.identity, "role": mapped.role, "issuer": f"client:{name}",
+                "sub": client.credential_subject, "jti": minted.jti, "family": None, "client_ip": client_ip,
+                **on_behalf,
+            })
+            issued = IssuedToken(minted, mapped, "", 0, limits)
+        child(CLIENT_MINTS, name, "issued").inc()
+        return issued
+
+    @staticmethod
+    def _client_refused(client_id: str, identity: str, role: str | None, exc: ServiceError,
+                        client_ip: str | None) -> None:
+        child(CLIENT_MINTS, client_id, "refused").inc()
+        audit.info("client mint refused", extra={
+            "event": "client_mint_refused", "client_id": client_id, "identity": identity[:256], "role": role,
+            "reason": exc.detail, "client_ip": client_ip,
+        })
+
+    def _role_is_current(self, mapped: Mapped, client_id: str) -> None:
+        """A client's refresh family mints the identity's current role: it may only start with that one."""
+        current = self.store.current_role(identity_tag(mapped.identity))
+        if current is not None and current != mapped.role:
+            raise AccessDenied(f"this identity's role is set by its sign-ins; a refresh family of client "
+                               f"{client_id!r} would carry that role ({current!r}): ask for it, or mint without "
+                               "refresh tokens")
+
+    def _client_family(self, mapped: Mapped, subject: str, client_id: str, buckets: list[Bucket],
+                       platform: str | None, client_ip: str | None) -> IssuedToken:
+        """A trusted client's mint with a refresh token: a family of the identity, marked as the client's."""
+        issued = self.start_family(mapped, issuer=f"client:{client_id}", subject=subject, idp_session="",
+                                   platform=platform, client_ip=client_ip, confirmed_at=int(time.time()),
+                                   endpoint="client", buckets=buckets, audit_fields={"client_id": client_id})
+        if issued.mapped.role != mapped.role:
+            # A sign-in set another role in the moment since the check above: the token is not handed out.
+            token = self.refresh_tokens.parse(issued.refresh_token)
+            self.store.revoke([], token.tag, token.family_id, 0, self.policy)
+            refused = AccessDenied(f"this identity's role was just set by a sign-in; client {client_id!r} may "
+                                   "not start a refresh family with another role")
+            self._client_refused(client_id, mapped.identity, mapped.role, refused, client_ip)
+            raise refused
+        return issued
+
     def sync_user(self, identity: str, role_sid: str, friendly_name: str | None = None) -> None:
         """Make the Conversations User carry the role (cached: usually no REST call at all)."""
         if self.user_sync is not None:
@@ -240,7 +351,8 @@ class TokenIssuer:
 
     def start_family(self, mapped: Mapped, *, issuer: str, subject: str, idp_session: str, platform: str | None,
                      client_ip: str | None, friendly_name: str | None = None, browser_session: str = "",
-                     confirmed_at: int = 0) -> IssuedToken:
+                     confirmed_at: int = 0, endpoint: str = "token", buckets: list[Bucket] | None = None,
+                     audit_fields: dict[str, object] | None = None) -> IssuedToken:
         """Rate-limit, store a new refresh family (one store call) and mint the access token."""
         tag = identity_tag(mapped.identity)
         family = NewFamily(
@@ -248,9 +360,10 @@ class TokenIssuer:
             subject=subject, idp_session=idp_session, browser_session=browser_session, confirmed_at=confirmed_at,
             logout_index=issuer == self.logout_issuer,
         )
-        buckets = self.limiter.buckets("token", ip=client_ip, tag=tag)
+        if buckets is None:
+            buckets = self.limiter.buckets(endpoint, ip=client_ip, tag=tag)
         issued = self.store.issue(buckets, family, self.policy, current_month())
-        _refuse_if_limited("token", issued.limits)
+        _refuse_if_limited(endpoint, issued.limits)
         if issued.previous_role:
             child(ROLE_CHANGES, "sign_in").inc()
             audit.info("role changed", extra={
@@ -278,6 +391,7 @@ class TokenIssuer:
                 "jti": minted.jti,
                 "family": family.family_id,
                 "client_ip": client_ip,
+                **(audit_fields or {}),
             },
         )
         refresh_token = self.refresh_tokens.mint(tag, family.family_id, 0)

@@ -221,6 +221,20 @@ def validate_identity(identity: str, policy: IdentityPolicy) -> None:
         )
 
 
+def check_named_identity(identity: str, policy: IdentityPolicy) -> None:
+    """An identity given whole (a trusted client names it): the same rules as a derived one.
+
+    Nothing is encoded or lowercased: the caller names the final identity, so a reserved character
+    the policy does not allow is refused (under ``percent-encode``, ``%`` is the encoding's own).
+    """
+    allowed = policy.allowed_reserved | ({"%"} if policy.reserved == "percent-encode" else set())
+    found = _reserved_pattern(frozenset(allowed)).search(identity)
+    if found:
+        raise InvalidIdentity(f"the identity contains the reserved character {found.group()!r}, which "
+                              "identity.reserved_characters does not allow")
+    validate_identity(identity, policy)
+
+
 @lru_cache(maxsize=64)
 def _template(source: str) -> tuple[tuple[str, str | None], ...]:
     """``"{a}-{b}"`` as (literal, claim) pieces, parsed once per template rather than per request."""

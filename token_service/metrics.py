@@ -76,6 +76,15 @@ OPAQUE_CHECKS = Counter(
     "token_service_opaque_token_checks_total",
     "Opaque access tokens checked at their issuer (introspection, userinfo), by result.", ["issuer", "result"]
 )
+GATEWAY_HEADERS_IGNORED = Counter(
+    "token_service_gateway_headers_ignored_total",
+    "Gateway assertion headers ignored because the connection did not come from a trusted proxy.", ["issuer"]
+)
+CLIENT_MINTS = Counter(
+    "token_service_client_mints_total",
+    "Trusted backend clients' mints on someone's behalf: 'issued', or 'refused' outside the allow-list.",
+    ["client", "result"],
+)
 FAMILIES_REVOKED = Counter(
     "token_service_families_revoked_total", "Refresh-token families ended, by reason.", ["reason"]
 )

@@ -11,7 +11,7 @@ from token_service.settings import RateLimitSettings
 from token_service.store.base import Bucket, LimitDecision
 
 GLOBAL_TAG = "global"
-_PROVEN = frozenset({"ip", "identity", "family"})
+_PROVEN = frozenset({"ip", "identity", "family", "client"})
 _FAILED = frozenset({"ip", "global"})
 
 
@@ -31,16 +31,17 @@ class RateLimiter:
             self._policies.setdefault(p.endpoint, []).append((p.name, p.key, p.limit, p.window))
 
     def buckets(self, endpoint: str, *, ip: str | None, tag: str | None = None,
-                family_id: str | None = None) -> list[Bucket]:
-        """The buckets a request with a valid proof (for ``tag`` and ``family_id``) counts against."""
-        return self._buckets(endpoint, _PROVEN, ip, tag, family_id)
+                family_id: str | None = None, client: str | None = None) -> list[Bucket]:
+        """The buckets a request with a valid proof (for ``tag`` and ``family_id``, or by the trusted
+        ``client``) counts against."""
+        return self._buckets(endpoint, _PROVEN, ip, tag, family_id, client)
 
     def failure_buckets(self, endpoint: str, *, ip: str | None) -> list[Bucket]:
         """The buckets a failed proof counts against: the client IP and the global failure budget."""
-        return self._buckets(endpoint, _FAILED, ip, None, None)
+        return self._buckets(endpoint, _FAILED, ip, None, None, None)
 
     def _buckets(self, endpoint: str, keys: frozenset[str], ip: str | None, tag: str | None,
-                 family_id: str | None) -> list[Bucket]:
+                 family_id: str | None, client: str | None) -> list[Bucket]:
         if not self.enabled:
             return []
         found = []
@@ -55,6 +56,8 @@ class RateLimiter:
                 found.append(Bucket(name, family_id, tag, limit, window))
             elif key == "global":
                 found.append(Bucket(name, "-", GLOBAL_TAG, limit, window))
+            elif key == "client" and client:
+                found.append(Bucket(name, "-", f"client:{client}", limit, window))
         return found
 
 

@@ -8,6 +8,7 @@ Everything is validated at load time and every problem is reported as ``key: val
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -87,6 +88,17 @@ def _check_url(value: str) -> str:
 Url = Annotated[str, AfterValidator(_check_url)]
 
 
+def asymmetric_only(value: Any) -> Any:
+    """Refuse ``none`` and HMAC algorithms by name, before the type check lists every allowed one."""
+    for alg in value if isinstance(value, list) else []:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise ValueError(
+                f"{alg!r} is not allowed: only asymmetric algorithms "
+                f"({', '.join(ASYMMETRIC_ALGORITHMS)})"
+            )
+    return value
+
+
 def _check_claim_path(value: str) -> str:
     """A claim name, a dotted path, or an RFC 6901 JSON Pointer (starting with ``/``)."""
     if not value or value.strip() != value or "{" in value or "}" in value:
@@ -124,11 +136,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_network(value: str) -> str:
+    """An IP address or a CIDR network (``10.0.0.0/16``, ``2001:db8::/32``)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or a CIDR network such as '10.0.0.0/16'") from None
+    return value
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+
 class ServerSettings(_Section):
     """``[server]``: how the service is reached and what sits in front of it."""
 
     public_url: Url = "http://127.0.0.1:8000"
     trusted_proxies: int = Field(0, ge=0, le=10)
+    # The addresses the trusted proxies connect from (IPs or CIDRs): a gateway's identity assertion
+    # header is read only on connections from one of these.
+    trusted_proxy_addresses: list[Network] = []
     cors_origins: list[str] = []
     dev_mode: bool = False
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
@@ -214,10 +241,11 @@ class RefreshSettings(_Section):
 class RatePolicy(_Section):
     """``limit`` requests per ``window`` seconds, per ``key``, on one endpoint."""
 
-    endpoint: Literal["token", "refresh", "revoke"]
+    # client: a trusted backend client's mints on someone's behalf ([[trusted_clients]])
+    endpoint: Literal["token", "refresh", "revoke", "client"]
     # ip: the client; identity, family: charged once the proof is known to be theirs; global: every
-    # failed proof of every client, one budget for the whole service
-    key: Literal["ip", "identity", "family", "global"]
+    # failed proof of every client, one budget for the whole service; client: one trusted client
+    key: Literal["ip", "identity", "family", "global", "client"]
     limit: int = Field(ge=1, le=1_000_000)
     window: int = Field(ge=1, le=86400)
 
@@ -227,6 +255,11 @@ class RatePolicy(_Section):
             raise ValueError("the token endpoint has no family yet: use key 'ip', 'identity' or 'global'")
         if self.endpoint == "revoke" and self.key != "ip":
             raise ValueError("the revoke endpoint proves nothing about its caller: use key 'ip'")
+        if self.key == "client" and self.endpoint != "client":
+            raise ValueError("key 'client' counts a trusted client's mints: it belongs to endpoint 'client'")
+        if self.endpoint == "client" and self.key == "family":
+            raise ValueError("a trusted client's mint starts no family yet: use key 'client', 'identity', 'ip' "
+                             "or 'global'")
         return self
 
     @property
@@ -243,6 +276,9 @@ DEFAULT_RATE_POLICIES = [
     RatePolicy(endpoint="refresh", key="family", limit=10, window=60),
     RatePolicy(endpoint="refresh", key="global", limit=1000, window=60),
     RatePolicy(endpoint="revoke", key="ip", limit=30, window=60),
+    RatePolicy(endpoint="client", key="client", limit=300, window=60),
+    RatePolicy(endpoint="client", key="identity", limit=20, window=60),
+    RatePolicy(endpoint="client", key="global", limit=1000, window=60),
 ]
 
 
@@ -365,6 +401,71 @@ class OpaqueTokenSettings(_Section):
             )
         return self
 
+# Where each kind of gateway puts its assertion (header names are case-insensitive).
+GATEWAY_HEADERS = {
+    "aws_alb": "x-amzn-oidc-data",
+    "google_iap": "x-goog-iap-jwt-assertion",
+    "cloudflare_access": "cf-access-jwt-assertion",
+}
+IAP_ISSUER = "https://cloud.google.com/iap"
+IAP_JWKS_URI = "https://www.gstatic.com/iap/verify/public_key-jwk"
+CLOUDFLARE_CERTS_PATH = "/cdn-cgi/access/certs"
+ALB_KEY_URL = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}"
+ALB_ARN = re.compile(
+    r"^arn:aws[a-z-]*:elasticloadbalancing:([a-z]{2}(?:-[a-z]+)+-[0-9]):[0-9]{12}:"
+    r"loadbalancer/app/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}$"
+)
+# Headers a gateway assertion may not be read from: the bearer path, cookies, framing, forwarding.
+_NOT_GATEWAY_HEADERS = re.compile(r"^(authorization|cookie|host|content-.*|transfer-encoding|x-forwarded-.*|"
+                                  r"forwarded|x-request-id)$", re.IGNORECASE)
+
+
+class GatewaySettings(_Section):
+    """``[issuers.gateway]``: this issuer's tokens arrive as a gateway's signed assertion in a header.
+
+    The gateway (AWS ALB, Google Cloud IAP, Cloudflare Access, or any proxy that forwards a JWT
+    such as oauth2-proxy) has signed the user in; the service reads the assertion from ``header``,
+    only on connections from ``[server] trusted_proxy_addresses``, and verifies it like a bearer token.
+    """
+
+    kind: Literal["aws_alb", "google_iap", "cloudflare_access", "jwt"]
+    header: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")] | None = None  # default: the kind's
+    # aws_alb: the load balancers whose signature counts (the assertion's `signer` header names one).
+    load_balancer_arns: list[Annotated[str, StringConstraints(pattern=ALB_ARN.pattern)]] = []
+    # aws_alb: where a signing key is fetched by its kid, as PEM; default: the ARN's region's endpoint.
+    key_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s{}]*\{kid\}[^\s{}]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewaySettings:
+        if self.header is None and self.kind == "jwt":
+            raise ValueError("a gateway of kind 'jwt' needs the header its assertion arrives in")
+        if _NOT_GATEWAY_HEADERS.match(self.header_name):
+            raise ValueError(f"header {self.header_name!r} cannot carry a gateway assertion: name the "
+                             "gateway's own header (x-amzn-oidc-data, x-goog-iap-jwt-assertion, ...)")
+        if self.kind != "aws_alb":
+            if self.load_balancer_arns or self.key_url:
+                raise ValueError("load_balancer_arns and key_url belong to kind 'aws_alb'")
+            return self
+        if not self.load_balancer_arns:
+            raise ValueError("kind 'aws_alb' needs load_balancer_arns: the assertion's 'signer' must name one")
+        if self.key_url is not None:
+            _check_url(self.key_url.replace("{kid}", "kid"))
+        elif len({ALB_ARN.match(arn).group(1) for arn in self.load_balancer_arns}) > 1:  # type: ignore[union-attr]
+            raise ValueError("load balancers of several regions need an issuer each (their keys are regional)")
+        return self
+
+    @property
+    def header_name(self) -> str:
+        return (self.header or GATEWAY_HEADERS[self.kind]).lower()
+
+    @property
+    def alb_key_url(self) -> str:
+        """The key URL template with ``{kid}`` (the region's public-key endpoint by default)."""
+        if self.key_url:
+            return self.key_url
+        region = ALB_ARN.match(self.load_balancer_arns[0]).group(1)  # type: ignore[union-attr]
+        return ALB_KEY_URL.replace("{region}", region)
+
 
 class IssuerSettings(_Section):
     """``[[issuers]]``: one trusted OpenID Provider and how its claims become an identity and a role."""
@@ -405,17 +506,31 @@ class IssuerSettings(_Section):
     access: AccessSettings | None = None  # default: [access]
     roles: IssuerRoles | None = None  # default: [roles] rules and default
     opaque: OpaqueTokenSettings | None = None
+    gateway: GatewaySettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gateway_defaults(cls, data: Any) -> Any:
+        """A gateway kind's documented key source and algorithm, unless the operator set them."""
+        gateway = data.get("gateway") if isinstance(data, dict) else None
+        kind = gateway.get("kind") if isinstance(gateway, dict) else None
+        if kind not in ("aws_alb", "google_iap", "cloudflare_access"):
+            return data
+        data = dict(data)
+        if kind != "cloudflare_access":
+            data.setdefault("algorithms", ["ES256"])  # ALB and IAP sign with ES256
+        if kind != "aws_alb" and not any(data.get(k) for k in ("jwks_uri", "jwks_file", "discovery_url")):
+            issuer = data.get("issuer")
+            if kind == "google_iap":
+                data["jwks_uri"] = IAP_JWKS_URI
+            elif isinstance(issuer, str):
+                data["jwks_uri"] = issuer.rstrip("/") + CLOUDFLARE_CERTS_PATH
+        return data
 
     @field_validator("algorithms", mode="before")
     @classmethod
     def _asymmetric_only(cls, value: Any) -> Any:
-        for alg in value if isinstance(value, list) else []:
-            if alg not in ASYMMETRIC_ALGORITHMS:
-                raise ValueError(
-                    f"{alg!r} is not allowed: only asymmetric algorithms "
-                    f"({', '.join(ASYMMETRIC_ALGORITHMS)})"
-                )
-        return value
+        return asymmetric_only(value)
 
     @field_validator("tenants")
     @classmethod
@@ -437,8 +552,28 @@ class IssuerSettings(_Section):
         if self.jwks_max_stale < self.jwks_ttl:
             raise ValueError("jwks_max_stale must be at least jwks_ttl")
         self._check_tenancy()
-        self._check_audience_rules()
+        if self.gateway is not None:
+            self._check_gateway(self.gateway)
+        else:
+            self._check_audience_rules()
         return self
+
+    def _check_gateway(self, gateway: GatewaySettings) -> None:
+        if self.opaque is not None:
+            raise ValueError("a gateway's assertions are JWTs: an issuer with [issuers.gateway] takes no opaque tokens")
+        if gateway.kind == "google_iap" and self.issuer != IAP_ISSUER:
+            raise ValueError(f"Google IAP's assertions are issued by {IAP_ISSUER!r}: set issuer to it")
+        if gateway.kind != "aws_alb":
+            self._check_audience_rules()
+            return
+        if self.algorithms != ["ES256"]:
+            raise ValueError("an AWS ALB signs its assertions with ES256 only: set algorithms = ['ES256']")
+        if self.jwks_uri or self.jwks_file or self.discovery_url or TENANT_PLACEHOLDER in self.issuer:
+            raise ValueError("an AWS ALB's keys are fetched by kid from its region (gateway.key_url): drop "
+                             "jwks_uri, jwks_file, discovery_url and tenant templates")
+        if not self.client_ids:
+            raise ValueError("kind 'aws_alb' needs client_ids: the OIDC client id the load balancer signs in "
+                             "with (the assertion's 'client' header)")
 
     def _check_tenancy(self) -> None:
         templated = [p for p in self.issuer_patterns if TENANT_PLACEHOLDER in p]
@@ -595,6 +730,70 @@ class LoggingSettings(_Section):
     access_log: bool = False
 
 
+class ClientRateLimit(_Section):
+    """A trusted client's own budget: ``limit`` mints per ``window`` seconds (replaces ``client-client``)."""
+
+    limit: int = Field(ge=1, le=1_000_000)
+    window: int = Field(ge=1, le=86400)
+
+
+class TrustedClientSettings(_Section):
+    """``[[trusted_clients]]``: a backend that may mint for a named identity, within its allow-list.
+
+    It proves itself with a client-credentials access token from one of the ``[[issuers]]`` (whose
+    ``sub`` is ``subject``), or with an RFC 7523 JWT it signs with its own registered key
+    (``iss`` = ``sub`` = ``client_id``, ``aud`` = this service, short-lived, single-use ``jti``).
+    """
+
+    client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@|/+-]{1,128}$")]
+    issuer: str | None = None  # the `name` of the [[issuers]] entry whose client-credentials token it sends
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None  # default: client_id
+    jwks_uri: Url | None = None  # RFC 7523: the client's own public keys
+    jwks_file: str | None = None
+    algorithms: list[Literal[ASYMMETRIC_ALGORITHMS]] = Field(  # type: ignore[valid-type]
+        ["RS256", "ES256"], min_length=1
+    )
+    max_assertion_lifetime: int = Field(300, ge=10, le=3600)  # RFC 7523 JWTs: exp at most this far ahead
+    leeway: int = Field(30, ge=0, le=300)
+    http_timeout: float = Field(3.0, gt=0, le=30)
+    # The allow-list: identities named exactly, and/or glob patterns ("sms:+1*", "bot-?").
+    identities: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = []
+    identity_patterns: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = []
+    roles: list[RoleName] = Field(min_length=1)  # the roles it may grant
+    default_role: RoleName | None = None  # when a request names none; default: the first of roles
+    refresh_tokens: bool = False  # whether its mints carry a refresh token
+    rate_limit: ClientRateLimit | None = None
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _asymmetric_only(cls, value: Any) -> Any:
+        return asymmetric_only(value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TrustedClientSettings:
+        own_keys = [k for k in ("jwks_uri", "jwks_file") if getattr(self, k)]
+        if bool(self.issuer) == bool(own_keys) or len(own_keys) > 1:
+            raise ValueError("set one way for the client to prove itself: issuer (a client-credentials access "
+                             "token from that [[issuers]] entry), or jwks_uri or jwks_file (RFC 7523 JWTs "
+                             "signed with its own key)")
+        if self.subject is not None and not self.issuer:
+            raise ValueError("subject (the client-credentials token's 'sub') goes with issuer")
+        if not self.identities and not self.identity_patterns:
+            raise ValueError("needs identities and/or identity_patterns: the identities it may mint for")
+        if self.default_role is not None and self.default_role not in self.roles:
+            raise ValueError(f"default_role {self.default_role!r} must be one of roles")
+        return self
+
+    @property
+    def credential_subject(self) -> str:
+        """The ``sub`` of the client's credential: its client-credentials token's, or its own JWT's."""
+        return self.subject or self.client_id
+
+    @property
+    def role_when_unnamed(self) -> str:
+        return self.default_role or self.roles[0]
+
+
 class Secrets(BaseModel):
     """Secrets, read from the environment (``NAME``) or a file (``NAME_FILE``), never from TOML."""
 
@@ -638,6 +837,7 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     login: LoginSettings = LoginSettings()
     conversations: ConversationsSettings = ConversationsSettings()
+    trusted_clients: list[TrustedClientSettings] = []
     secrets: Secrets
 
     @model_validator(mode="after")
@@ -680,6 +880,58 @@ class Settings(_Section):
                 f"enabled login needs a session key of at least 32 characters in {SESSION_KEY_ENV} "
                 f"(or {SESSION_KEY_ENV}_FILE)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gateways_behind_trusted_proxies(self) -> Settings:
+        gateways = [i for i in self.issuers if i.gateway is not None]
+        if not gateways:
+            return self
+        server = self.server
+        if server.trusted_proxies < 1 or not server.trusted_proxy_addresses:
+            raise ValueError(
+                f"issuers[{gateways[0].name}].gateway: a gateway's assertion is read only from trusted proxies: "
+                "set server.trusted_proxies (at least 1) and server.trusted_proxy_addresses (the addresses "
+                "they connect from)"
+            )
+        headers = [i.gateway.header_name for i in gateways if i.gateway]
+        dupes = sorted({h for h in headers if headers.count(h) > 1})
+        if dupes:
+            raise ValueError(f"issuers: one gateway issuer per assertion header, repeated: {', '.join(dupes)}")
+        if self.login.enabled and any(i.name == self.login.issuer for i in gateways):
+            raise ValueError(f"login.issuer {self.login.issuer!r} is a gateway issuer: browser sign-in needs an "
+                             "identity provider of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _trusted_clients_known(self) -> Settings:
+        issuers = {i.name: i for i in self.issuers}
+        patterns = {p for i in self.issuers for p in i.issuer_patterns}
+        seen: set[str] = set()
+        subjects: set[tuple[str, str]] = set()
+        for client in self.trusted_clients:
+            where = f"trusted_clients[{client.client_id}]"
+            if client.client_id in seen:
+                raise ValueError(f"trusted_clients: client_id must be unique, repeated: {client.client_id}")
+            seen.add(client.client_id)
+            unknown = [r for r in client.roles if r not in self.roles.sids]
+            if unknown:
+                raise ValueError(f"{where}.roles: {unknown[0]!r} is not a key of roles.sids")
+            if client.issuer is None:
+                if client.client_id in patterns:
+                    raise ValueError(f"{where}.client_id is also an issuer: an RFC 7523 assertion names its "
+                                     "client in 'iss', so the two could not be told apart")
+                continue
+            issuer = issuers.get(client.issuer)
+            if issuer is None:
+                raise ValueError(f"{where}.issuer {client.issuer!r} is not the name of an [[issuers]] entry")
+            if issuer.gateway is not None:
+                raise ValueError(f"{where}.issuer {client.issuer!r} is a gateway issuer, which asserts users: "
+                                 "a client-credentials token comes from an identity provider")
+            principal = (client.issuer, client.credential_subject)
+            if principal in subjects:
+                raise ValueError(f"{where}: another trusted client has the same issuer and subject")
+            subjects.add(principal)
         return self
 
     def _check_tenant_overlap(self) -> None:

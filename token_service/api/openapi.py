@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from token_service import __version__
+from token_service.api import oauth
 from token_service.authn.browser import return_to_pattern
 from token_service.errors import problem_types
 from token_service.settings import Settings
@@ -150,6 +151,87 @@ def _browser_paths(settings: Settings) -> dict[str, Any]:
     return paths
 
 
+def _oauth_error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {**COMMON_HEADERS, **headers},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}},
+    }
+
+
+def _oauth_paths(platforms: list[str]) -> dict[str, Any]:
+    """``/oauth2/token`` (RFC 6749, RFC 8693) and its RFC 8414 metadata."""
+    platform = {"type": "string", "enum": platforms, "description": "Picks the push credential."}
+    form = {"oneOf": [
+        {
+            "title": "RFC 8693 token exchange",
+            "type": "object",
+            "required": ["grant_type", "subject_token", "subject_token_type"],
+            "properties": {
+                "grant_type": {"const": oauth.TOKEN_EXCHANGE},
+                "subject_token": {"type": "string", "minLength": 1, "description": "The IdP token: the proof."},
+                "subject_token_type": {"type": "string", "enum": list(oauth.SUBJECT_TOKEN_TYPES)},
+                "requested_token_type": {"type": "string", "enum": list(oauth.ISSUED_TOKEN_TYPES)},
+                "platform": platform,
+            },
+        },
+        {
+            "title": "RFC 6749 refresh",
+            "type": "object",
+            "required": ["grant_type", "refresh_token"],
+            "properties": {
+                "grant_type": {"const": oauth.REFRESH_TOKEN},
+                "refresh_token": REFRESH_TOKEN,
+                "platform": platform,
+            },
+        },
+    ]}
+    retry = {"Retry-After": _retry_after()}
+    return {
+        oauth.TOKEN_PATH: {"post": {
+            "operationId": "oauthToken",
+            "summary": "OAuth token endpoint: RFC 8693 token exchange (an IdP token in, a Twilio Access Token out) "
+                       "and the refresh_token grant. Errors follow RFC 6749 5.2.",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+            "responses": {
+                "200": {
+                    "description": "The Twilio Access Token (token_type N_A, RFC 8693 2.2.1) and a refresh token.",
+                    "headers": {**COMMON_HEADERS, **RATE_HEADERS,
+                                "Cache-Control": {"schema": {"type": "string", "const": "no-store"}}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthTokenResponse"}}},
+                },
+                "400": _oauth_error("invalid_request (a missing or repeated parameter, or a subject token that is "
+                                    "invalid or refused by policy: RFC 8693 2.2.2), invalid_grant (the refresh token "
+                                    "is spent, revoked, expired or unknown, or the user must sign in again), "
+                                    "unsupported_grant_type."),
+                "413": _oauth_error("The request body is too large."),
+                "429": _oauth_error("temporarily_unavailable: a rate limit is used up.", **retry, **RATE_HEADERS),
+                "503": _oauth_error("temporarily_unavailable: the store or the issuer's keys are unreachable.",
+                                    **retry),
+            },
+        }},
+        oauth.METADATA_PATH: {"get": {
+            "operationId": "oauthMetadata",
+            "summary": "RFC 8414 authorization server metadata, for OAuth client libraries.",
+            "responses": {"200": {
+                "description": "The metadata of the token endpoint.",
+                "headers": COMMON_HEADERS,
+                "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["issuer", "token_endpoint", "grant_types_supported", "response_types_supported"],
+                    "properties": {
+                        "issuer": {"type": "string"},
+                        "token_endpoint": {"type": "string"},
+                        "grant_types_supported": {"type": "array", "items": {"type": "string"}},
+                        "token_endpoint_auth_methods_supported": {"type": "array", "items": {"type": "string"}},
+                        "response_types_supported": {"type": "array", "items": {"type": "string"}},
+                    },
+                }}},
+            }},
+        }},
+    }
+
+
 def build_openapi(settings: Settings) -> dict[str, Any]:
     """The whole document for this deployment."""
     platforms = sorted({"ios", "android", "web", *settings.twilio.push_credentials})
@@ -282,6 +364,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     }},
                 }
             },
+            **_oauth_paths(platforms),
             **_browser_paths(settings),
         },
         "components": {
@@ -293,8 +376,13 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "schemas": {
                 "TokenRequest": {
                     "type": "object",
-                    "properties": {"platform": {"type": "string", "enum": platforms,
-                                                "description": "Picks the push credential."}},
+                    "properties": {
+                        "platform": {"type": "string", "enum": platforms, "description": "Picks the push credential."},
+                        "identity": {"type": "string", "description": "Only for a trusted backend client, whose "
+                                     "credential is the bearer: the identity to mint for (within its allow-list)."},
+                        "role": {"type": "string", "description": "With identity: the role to grant (one the "
+                                 "client may grant; default: its default_role)."},
+                    },
                 },
                 "RefreshRequest": {
                     "type": "object",
@@ -316,8 +404,9 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 },
                 "TokenResponse": {
                     "type": "object",
-                    "required": ["token", "identity", "role", "role_sid", "expires_in", "expires_at",
-                                 "refresh_token", "refresh_expires_at"],
+                    "description": "refresh_token and refresh_expires_at are absent only for a trusted client's "
+                                   "mint without refresh tokens.",
+                    "required": ["token", "identity", "role", "role_sid", "expires_in", "expires_at"],
                     "properties": {
                         "token": {"type": "string", "description": "The Twilio Access Token (JWT)."},
                         "identity": {"type": "string"},
@@ -327,6 +416,27 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "expires_at": {"type": "string", "format": "date-time"},
                         "refresh_token": REFRESH_TOKEN,
                         "refresh_expires_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "OAuthTokenResponse": {
+                    "type": "object",
+                    "required": ["access_token", "issued_token_type", "token_type", "expires_in"],
+                    "properties": {
+                        "access_token": {"type": "string", "description": "The Twilio Access Token (JWT)."},
+                        "issued_token_type": {"type": "string", "enum": list(oauth.ISSUED_TOKEN_TYPES)},
+                        "token_type": {"const": "N_A"},
+                        "expires_in": {"type": "integer", "minimum": 180, "maximum": 86400},
+                        "refresh_token": REFRESH_TOKEN,
+                    },
+                },
+                "OAuthError": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string", "enum": ["invalid_request", "invalid_grant",
+                                                             "unsupported_grant_type", "temporarily_unavailable",
+                                                             "server_error"]},
+                        "error_description": {"type": "string"},
                     },
                 },
                 "Problem": {

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from token_service.api.body import request_params
 from token_service.api.browser import BrowserSessions, check_csrf, session_for
+from token_service.authn.gateway import tcp_peer
 from token_service.errors import InvalidRequest, InvalidToken, MissingToken
 from token_service.issuance import IssuedToken, TokenIssuer
 from token_service.ratelimit import rate_limit_headers
@@ -85,19 +86,17 @@ def _json(body: dict[str, Any], limits: LimitDecision) -> Response:
 
 def token_answer(issued: IssuedToken) -> Response:
     minted = issued.access
-    return _json(
-        {
-            "token": minted.jwt,
-            "identity": issued.mapped.identity,
-            "role": issued.mapped.role,
-            "role_sid": issued.mapped.role_sid,
-            "expires_in": minted.expires_at - minted.issued_at,
-            "expires_at": _rfc3339(minted.expires_at),
-            "refresh_token": issued.refresh_token,
-            "refresh_expires_at": _rfc3339(issued.refresh_expires_at),
-        },
-        issued.limits,
-    )
+    body = {
+        "token": minted.jwt,
+        "identity": issued.mapped.identity,
+        "role": issued.mapped.role,
+        "role_sid": issued.mapped.role_sid,
+        "expires_in": minted.expires_at - minted.issued_at,
+        "expires_at": _rfc3339(minted.expires_at),
+    }
+    if issued.refresh_token:  # a trusted client's mint without refresh tokens has none
+        body.update(refresh_token=issued.refresh_token, refresh_expires_at=_rfc3339(issued.refresh_expires_at))
+    return _json(body, issued.limits)
 
 
 def _options() -> Response:
@@ -117,19 +116,28 @@ def _post_view(view: Callable[[], Response]) -> Callable[[], Response]:
 @bp.route("/v1/token", methods=["POST", "OPTIONS"], provide_automatic_options=False)
 @_post_view
 def issue_token() -> Response:
-    """Bearer proof; or, without one, a signed-in browser's session cookie plus the CSRF proof."""
+    """Bearer proof; a gateway's assertion from a trusted proxy; or a signed-in browser's session cookie
+    plus the CSRF proof. A trusted backend client's bearer may name the identity to mint for."""
     issuer = _issuer()
     browser: BrowserSessions | None = current_app.extensions.get("token_service.browser")
+    bare = "Authorization" not in request.headers
+    gateway = issuer.gateway_assertion(request.headers.get, tcp_peer(request.environ)) if bare else None
     found = None
-    if browser is not None and "Authorization" not in request.headers:
+    if browser is not None and bare and gateway is None:
         found = session_for(request.cookies.get(browser.cookie_name), browser.sessions)
-    if found is not None:
+    if gateway is not None:
+        mint = partial(issuer.issue_for_gateway, gateway)
+    elif found is not None:
         assert browser is not None
         check_csrf(request.headers.get, browser.allowed_origins)
         mint = partial(issuer.issue_for_session, *found)
     else:
         mint = partial(issuer.issue_for_bearer, bearer_token())
-    platform = optional_string(request_params(), "platform")
+    body = request_params()
+    identity = optional_string(body, "identity")
+    if identity is not None:  # a trusted backend client names whom the token is for
+        mint = partial(issuer.issue_for_client, bearer_token(), identity, optional_string(body, "role"))
+    platform = optional_string(body, "platform")
     return token_answer(mint(platform=platform, client_ip=request.remote_addr))
 
 

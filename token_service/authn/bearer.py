@@ -20,27 +20,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-import orjson
-from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
-from jwt.algorithms import OKPAlgorithm
-
+from token_service.authn.alb import AlbKeyCache
 from token_service.authn.introspection import OpaqueTokens
-from token_service.authn.issuers import IssuerDirectory, IssuerMatch, check_tenant
-from token_service.authn.jwks import (
-    FileKeySource,
-    HttpKeySource,
-    JwksCache,
-    KeyNotFound,
-    KeysUnavailable,
+from token_service.authn.issuers import IssuerDirectory, check_tenant
+from token_service.authn.jwks import FileKeySource, HttpKeySource, JwksCache, KeyCache
+from token_service.authn.jws import (
+    ACCEPTED_TYPES,
+    check_header,
+    checked_claims,
+    signature_checker,
+    signing_key,
+    split_jws,
+    verify_signature,
 )
-from token_service.b64url import b64url_decode
-from token_service.errors import InvalidToken, Unavailable
+from token_service.errors import InvalidToken
 from token_service.mapping import condition_holds
-from token_service.settings import ASYMMETRIC_ALGORITHMS, IssuerSettings
+from token_service.settings import IssuerSettings
 
-MAX_TOKEN_BYTES = 16 * 1024
-ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat"]
 # OIDC Back-Channel Logout 1.0, 2.4: typ logout+jwt; iss, aud, iat, exp, jti and events required.
 LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
@@ -51,103 +47,6 @@ LOGOUT_REQUIRED = ["iss", "aud", "iat", "exp", "jti"]
 class VerifiedToken:
     issuer: IssuerSettings
     claims: Mapping[str, Any]
-
-
-class FullySpecifiedEdDSA(OKPAlgorithm):
-    """RFC 9864's ``Ed25519`` / ``Ed448``: PyJWT's EdDSA, held to the one curve the name fixes."""
-
-    def __init__(self, public_type: type) -> None:
-        super().__init__()
-        self.public_type = public_type
-
-    def prepare_key(self, key: Any) -> Any:
-        prepared = super().prepare_key(key)
-        if not isinstance(prepared, self.public_type):
-            raise jwt.InvalidKeyError(f"the key is not an {self.public_type.__name__}")
-        return prepared
-
-
-def signature_checker() -> jwt.PyJWS:
-    """PyJWS for the service's asymmetric algorithms, refusing RSA keys under 2048 bits."""
-    jws = jwt.PyJWS(algorithms=[a for a in ASYMMETRIC_ALGORITHMS if a not in {"Ed25519", "Ed448"}],
-                    options={"verify_signature": True, "enforce_minimum_key_length": True})
-    jws.register_algorithm("Ed25519", FullySpecifiedEdDSA(ed25519.Ed25519PublicKey))
-    jws.register_algorithm("Ed448", FullySpecifiedEdDSA(ed448.Ed448PublicKey))
-    return jws
-
-
-@dataclass(frozen=True)
-class _Compact:
-    """A compact JWS taken apart: decoded header and (still unverified) payload."""
-
-    header: dict[str, Any]
-    payload: dict[str, Any]
-
-
-def _split(token: str) -> _Compact:
-    """Take a compact JWS apart, or raise ``InvalidToken``; nothing here is trusted yet.
-
-    Stricter than PyJWT: canonical base64url, and orjson, which refuses ``NaN``, ``Infinity``
-    and lone surrogates.
-    """
-    if len(token.encode("utf-8", "replace")) > MAX_TOKEN_BYTES:
-        raise InvalidToken(f"the token is larger than {MAX_TOKEN_BYTES // 1024} KiB")
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise InvalidToken("the token is not a signed JWT (expected three dot-separated parts)")
-    try:
-        header, payload = orjson.loads(b64url_decode(parts[0])), orjson.loads(b64url_decode(parts[1]))
-        b64url_decode(parts[2])
-    except (ValueError, UnicodeError, RecursionError):
-        raise InvalidToken("the token is malformed (a part is not base64url, or not JSON)") from None
-    if not isinstance(header, dict) or not isinstance(payload, dict):
-        raise InvalidToken("the token is malformed (header or payload is not a JSON object)")
-    return _Compact(header, payload)
-
-
-def _check_header(
-    header: Mapping[str, Any], allowed: Iterable[str], types: frozenset[str] = ACCEPTED_TYPES
-) -> str:
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in allowed:
-        raise InvalidToken("the token's signing algorithm is not allowed for its issuer")
-    if "crit" in header:
-        # RFC 7515 4.1.11: a recipient must reject critical extensions it does not understand;
-        # this service understands none.
-        raise InvalidToken("the token declares critical header parameters this service rejects")
-    typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in types):
-        raise InvalidToken("the token type is not accepted here")
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise InvalidToken("the token's key id is malformed")
-    return alg
-
-
-_CLAIM_ERRORS: list[tuple[type[jwt.PyJWTError], str]] = [
-    (jwt.ExpiredSignatureError, "the token has expired"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf or iat is in the future)"),
-    (jwt.InvalidIssuerError, "the token's issuer is not trusted"),
-    (jwt.InvalidAudienceError, "the token's audience is not accepted by this service"),
-]
-
-
-def _claim_refusal(exc: jwt.PyJWTError) -> InvalidToken:
-    """PyJWT's reason, told as the caller's fix (never echoing the token)."""
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return InvalidToken(f"the token lacks the required {exc.claim!r} claim")
-    for kind, message in _CLAIM_ERRORS:
-        if isinstance(exc, kind):
-            return InvalidToken(message)
-    return InvalidToken("the token's registered claims are malformed (exp, nbf, iat, sub or jti)")
-
-
-def _whole_dates(claims: Mapping[str, Any]) -> None:
-    """Stricter than PyJWT: NumericDates (RFC 7519 2) are numbers, never strings of digits or booleans."""
-    for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise InvalidToken(f"the token's {name!r} claim is not a number")
 
 
 def _audiences(claims: Mapping[str, Any]) -> list[str] | None:
@@ -190,7 +89,13 @@ def check_authorized_party(claims: Mapping[str, Any], issuer: IssuerSettings) ->
         raise InvalidToken("the token's authorized party (azp) is not a client of this service")
 
 
-def cache_for(issuer: IssuerSettings) -> JwksCache:
+def cache_for(issuer: IssuerSettings) -> KeyCache:
+    """The issuer's key cache: a JWKS, or an AWS ALB's keys fetched one by one (PEM by kid)."""
+    gateway = issuer.gateway
+    if gateway is not None and gateway.kind == "aws_alb":
+        return AlbKeyCache(gateway.alb_key_url, name=issuer.name, ttl=issuer.jwks_ttl,
+                           cooldown=issuer.jwks_refetch_cooldown, max_stale=issuer.jwks_max_stale,
+                           timeout=issuer.http_timeout)
     source = (
         FileKeySource(issuer.jwks_file)
         if issuer.jwks_file
@@ -211,7 +116,7 @@ class BearerVerifier:
     def __init__(self, issuers: Iterable[IssuerSettings]) -> None:
         issuers = list(issuers)
         self.directory = IssuerDirectory(issuers)
-        self.caches: dict[str, JwksCache] = {i.name: cache_for(i) for i in issuers}
+        self.caches: dict[str, KeyCache] = {i.name: cache_for(i) for i in issuers}
         self.opaque = OpaqueTokens(issuers)
         self._jws = signature_checker()
 
@@ -224,22 +129,14 @@ class BearerVerifier:
                 return VerifiedToken(issuer=issuer, claims=claims)
         return self._verify(token)
 
+    def verify_gateway_assertion(self, token: str, issuer_name: str) -> VerifiedToken:
+        """A JWT a gateway in front forwarded for ``issuer_name`` (Google IAP, Cloudflare Access, a proxy)."""
+        return self._verify(token, only_issuer=issuer_name, from_gateway=True)
+
     def verify_logout_token(self, token: str, issuer_name: str, client_id: str) -> VerifiedToken:
         """An OIDC Back-Channel Logout token (typ ``logout+jwt``) from ``issuer_name`` for us."""
         return self._verify(token, types=LOGOUT_TYPES, audience=client_id, required=LOGOUT_REQUIRED,
                             only_issuer=issuer_name)
-
-    def _key(self, match: IssuerMatch, header: Mapping[str, Any], alg: str) -> Any:
-        cache = self.caches[match.issuer.name]
-        try:
-            return cache.get_key(header.get("kid"), alg)
-        except KeyNotFound as exc:
-            raise InvalidToken(str(exc)) from None
-        except KeysUnavailable:
-            raise Unavailable(
-                f"the signing keys of issuer {match.issuer.name!r} cannot be fetched; retry later",
-                retry_after=int(min(30, cache.cooldown)),
-            ) from None
 
     def _verify(
         self,
@@ -249,32 +146,28 @@ class BearerVerifier:
         audience: str | None = None,
         required: list[str] = REQUIRED_CLAIMS,
         only_issuer: str | None = None,
+        from_gateway: bool = False,
     ) -> VerifiedToken:
-        parts = _split(token)
+        parts = split_jws(token)
         match = self.directory.match(parts.payload.get("iss"))
         if match is None or (only_issuer is not None and match.issuer.name != only_issuer):
             raise InvalidToken("the token's issuer is not trusted by this service")
         issuer = match.issuer
-        alg = _check_header(parts.header, issuer.algorithms, types)
-        key = self._key(match, parts.header, alg)
-        try:
-            self._jws.decode_complete(token, key=key, algorithms=[alg])
-        except jwt.PyJWTError:
-            raise InvalidToken("the token's signature is invalid") from None
+        if issuer.gateway is not None and not from_gateway:
+            # A gateway's assertion counts only in its header, from a trusted proxy (authn/gateway.py).
+            raise InvalidToken("the token's issuer is a gateway, whose assertions are accepted only as the "
+                               "gateway forwards them")
+        alg = check_header(parts.header, issuer.algorithms, types)
+        key = signing_key(self.caches[issuer.name], issuer.name, parts.header.get("kid"), alg)
+        verify_signature(self._jws, token, key, alg)
         by_client = audience is None and issuer.client_id_claim is not None
-        try:
-            claims = jwt.decode(
-                token,
-                options={"verify_signature": False, "verify_exp": True, "verify_nbf": True, "verify_iat": True,
-                         "verify_iss": True, "verify_aud": not by_client, "verify_sub": True, "verify_jti": True,
-                         "require": [c for c in required if not (by_client and c == "aud")]},
-                audience=audience or issuer.audiences,
-                issuer=match.iss,
-                leeway=issuer.leeway,
-            )
-        except jwt.PyJWTError as exc:
-            raise _claim_refusal(exc) from None
-        _whole_dates(claims)
+        claims = checked_claims(
+            token,
+            require=[c for c in required if not (by_client and c == "aud")],
+            audience=None if by_client else audience or issuer.audiences,
+            issuer=match.iss,
+            leeway=issuer.leeway,
+        )
         check_tenant(claims, match)
         if by_client:
             check_client(claims, issuer)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import requests
@@ -117,6 +117,48 @@ def _parse_jwks(document: Any) -> KeySet:
         detail = f" (refused: {'; '.join(f'{k}: {r}' for k, r in refused.items())})" if refused else ""
         raise FetchError(f"the JWKS document holds no usable signature key{detail}")
     return KeySet(keys, refused)
+
+
+class KeyCache(Protocol):
+    """What verification and readiness need of an issuer's keys, however they are fetched."""
+
+    name: str
+    ttl: float
+    cooldown: float
+    max_stale: float
+
+    def get_key(self, kid: str | None, alg: str) -> Any:
+        """The public key for ``kid`` and ``alg``; ``KeyNotFound`` or ``KeysUnavailable`` otherwise."""
+
+    def status(self) -> dict[str, Any]:
+        """The readiness report of these keys."""
+
+    def ensure_loaded(self) -> None:
+        """Load keys ahead of the first token, where that is possible."""
+
+
+def key_report(age: float | None, cache: KeyCache, *, source: str, keys: int, refused: list[dict[str, str]],
+               fetches: int, failures: int, last_error: str | None, before_first: str = "not_loaded") -> dict[str, Any]:
+    """One issuer's key state for ``/readyz``, by the age of its keys: ``fresh`` within ``ttl``, ``stale``
+    (still serving) within ``max_stale``, then ``expired``; ``before_first`` while none was fetched."""
+    if age is None:
+        state = before_first
+    else:
+        state = "fresh" if age <= cache.ttl else "stale" if age <= cache.max_stale else "expired"
+    return {
+        "state": state,
+        # Keys fetched on demand (an ALB's) are usable before the first, unless fetching failed.
+        "usable": state in {"fresh", "stale"} or (state == "on_demand" and last_error is None),
+        "source": source,
+        "keys": keys,
+        "refused_keys": refused,
+        "age_seconds": None if age is None else round(age, 1),
+        "ttl_seconds": cache.ttl,
+        "max_stale_seconds": cache.max_stale,
+        "fetches": fetches,
+        "fetch_failures": failures,
+        "last_error": last_error,
+    }
 
 
 class KeySource:
@@ -309,25 +351,12 @@ class JwksCache:
     # -- readiness --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Key state for ``/readyz``: fresh, stale (serving past ttl), expired, or not loaded."""
-        now = self._clock()
-        if self._fetched_at is None:
-            state, age = "not_loaded", None
-        else:
-            age = now - self._fetched_at
-            state = "fresh" if age <= self.ttl else "stale" if age <= self.max_stale else "expired"
-        return {
-            "state": state,
-            "usable": state in {"fresh", "stale"},
-            "source": self.source.describe,
-            "keys": len(self._keys),
-            "refused_keys": [{"kid": kid, "reason": reason} for kid, reason in self._refused.items()],
-            "age_seconds": None if age is None else round(age, 1),
-            "ttl_seconds": self.ttl,
-            "max_stale_seconds": self.max_stale,
-            "fetches": self._fetches,
-            "fetch_failures": self._failures,
-            "last_error": self._last_error,
-        }
+        age = None if self._fetched_at is None else self._clock() - self._fetched_at
+        return key_report(
+            age, self, source=self.source.describe, keys=len(self._keys),
+            refused=[{"kid": kid, "reason": reason} for kid, reason in self._refused.items()],
+            fetches=self._fetches, failures=self._failures, last_error=self._last_error,
+        )
 
     def ensure_loaded(self) -> None:
         """Readiness probes load keys that were never fetched (within the cooldown)."""
