@@ -44,19 +44,27 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(rf"(?<![\w-])((?:{_SECRET_NAMES})=)(?!['\"])[^&\s\"'#;,)]+"), rf"\1{REDACTED}"),
     # The credentials themselves, wherever they turn up: JWTs, refresh tokens, bearer values.
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
-    (re.compile(r"rt1\.[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"rt\d\.[A-Za-z0-9_-]{8,}"), REDACTED),
     (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE), rf"\1{REDACTED}"),
 )
-# One scan that finds any of the above; most lines match nothing and are written as they are.
-# (In a JSON line a quote is escaped: ``\\"code\\": ...``.)
-_MAY_HOLD_A_SECRET = re.compile(rf"/callback\?|eyJ|rt1\.|bearer|(?<![\w-])(?:{_SECRET_NAMES})\\?['\"]?\s*[:=]",
-                                re.IGNORECASE)
-_SECRET_NAME = re.compile(_SECRET_NAMES)
+# Cheap screens first, so a line's ordinary values (identities, ids, addresses) cost one scan: a
+# credential has one of these shapes, and a name=value or name: value pair needs '=' or ':'.
+_CREDENTIAL_SHAPE = re.compile(r"/callback\?|eyJ|rt\d\.|[Bb]earer|BEARER")
+_NAME_VALUE = re.compile(rf"(?<![\w-])(?:{_SECRET_NAMES})['\"]?\s*[:=]", re.IGNORECASE)
+_SECRET_FIELDS = frozenset(_SECRET_NAMES.split("|"))
+# Fields the formatter itself writes: never a credential.
+_OWN_FIELDS = frozenset({"ts", "level", "logger", "pid", "version"})
+
+
+def _may_hold_a_secret(text: str) -> bool:
+    if _CREDENTIAL_SHAPE.search(text):
+        return True
+    return ("=" in text or ":" in text) and _NAME_VALUE.search(text) is not None
 
 
 def redact(text: str) -> str:
     """``text`` with every credential the patterns above recognise replaced by ``[redacted]``."""
-    if not _MAY_HOLD_A_SECRET.search(text):
+    if not _may_hold_a_secret(text):
         return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
@@ -85,10 +93,18 @@ def _dumps(line: dict[str, Any]) -> str:
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def _redacted(key: str, value: Any) -> Any:
-    if _SECRET_NAME.fullmatch(key):
-        return REDACTED
-    return redact(value) if isinstance(value, str) else value
+def _redacted(line: dict[str, Any]) -> dict[str, Any]:
+    """The line as it may be written: a credential-named field never, string values redacted.
+
+    One screen over all of a line's strings first: most lines hold nothing to redact.
+    """
+    strings = [v for k, v in line.items() if k not in _OWN_FIELDS and isinstance(v, str)]
+    if not _SECRET_FIELDS.intersection(line) and not _may_hold_a_secret("\n".join(strings)):
+        return line
+    return {
+        key: REDACTED if key in _SECRET_FIELDS else redact(value) if isinstance(value, str) else value
+        for key, value in line.items()
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -111,10 +127,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = record.stack_info
-        text = _dumps(line)
-        if _MAY_HOLD_A_SECRET.search(text):  # rare: redact field by field, then write again
-            text = _dumps({key: _redacted(key, value) for key, value in line.items()})
-        return text
+        return _dumps(_redacted(line))
 
 
 _base_factory = logging.getLogRecordFactory()
