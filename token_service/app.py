@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from token_service.api import browser, cors, health, oauth, observability, openapi, token_api
+from token_service.api import browser, cors, health, oauth, observability, openapi
 from token_service.api.errors import register_error_handlers
+from token_service.api.token_api import TokenApi
 from token_service.issuance import TokenIssuer
 from token_service.logs import install_request_ids
 from token_service.settings import Settings
@@ -30,13 +31,13 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     register_error_handlers(app, store_retry_after=settings.store.retry_after)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(token_api.bp)
     app.register_blueprint(oauth.bp)
     signed_in = browser.install(app, issuer)
-    if signed_in is not None:
-        app.extensions["token_service.browser"] = signed_in
-    cors.install(app, cors.CorsPolicy(settings.server.cors_origins))
+    cors_policy = cors.CorsPolicy(settings.server.cors_origins)
+    cors.install(app, cors_policy)
     app.extensions["token_service.openapi"] = openapi.build_openapi(settings)
+    # The token endpoints (the hot path) are answered in front of Flask; see api/token_api.py.
+    app.wsgi_app = TokenApi(app.wsgi_app, issuer, cors_policy, signed_in)  # type: ignore[method-assign]
     hops = settings.server.trusted_proxies
     if hops:
         # X-Forwarded-* is honoured only through the configured number of trusted proxies.

@@ -14,7 +14,8 @@ from token_service.errors import AccessDenied
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Requested-With"
 EXPOSED_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID"
 # The paths a single-page app on another origin calls.
-CORS_PATHS = frozenset({"/v1/token", "/v1/token/refresh", "/v1/token/revoke", "/logout", "/oauth2/token",
+# (The token endpoints apply the same policy themselves, in front of Flask: api/token_api.py.)
+CORS_PATHS = frozenset({"/logout", "/oauth2/token",
                         "/.well-known/oauth-authorization-server"})
 PREFLIGHT_HEADERS = (
     ("Access-Control-Allow-Methods", "POST"),
