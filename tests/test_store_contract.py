@@ -111,6 +111,16 @@ def test_reuse_after_many_rotations_revokes_the_family(store: Store, spent_ago: 
     assert rotate(store, family, current).outcome == "revoked"
 
 
+def test_an_identity_keeps_at_most_64_live_families(store: Store) -> None:
+    """However often one identity signs in, its record stays bounded: the least recently used
+    family ends first."""
+    first = issue(store)
+    time.sleep(1.1)  # the oldest by its last use (second resolution)
+    rest = [issue(store) for _ in range(64)]
+    assert rotate(store, first, 0).outcome == "unknown"
+    assert all(rotate(store, f, 0).outcome == "rotated" for f in rest)
+
+
 def test_idle_expiry(store: Store) -> None:
     short = FamilyPolicy(idle=1, absolute=3600)
     family = issue(store, policy=short)

@@ -33,10 +33,13 @@ else
   redis.call('HSET', record, 'i', identity, 'r', role, 'rc', confirmed_at)
 end
 
--- Forget ended families (and subjects no family names) once the record holds more than a few.
+-- Once the record holds more than a few fields: forget ended families (and subjects no family names),
+-- and keep at most MAX_FAMILIES live ones, ending the least recently used (a device that has not
+-- refreshed the longest signs in again). The cap bounds this scan and the record, whoever signs in.
+local MAX_FAMILIES = 64
 if redis.call('HLEN', record) > 12 then
   local all = redis.call('HGETALL', record)
-  local gone, named = {}, {}
+  local gone, named, live = {}, {}, {}
   for i = 1, #all, 2 do
     if is_family(all[i]) then
       local fields = split(all[i + 1])
@@ -44,7 +47,16 @@ if redis.call('HLEN', record) > 12 then
         gone[#gone + 1] = all[i]
       else
         named['p:' .. fields[5]] = true  -- live or tombstone: the principal is the 5th field
+        if fields[1] ~= 'x' then
+          live[#live + 1] = {all[i], tonumber(fields[3])}
+        end
       end
+    end
+  end
+  if #live >= MAX_FAMILIES then
+    table.sort(live, function(a, b) return a[2] < b[2] end)
+    for k = 1, #live - MAX_FAMILIES + 1 do
+      gone[#gone + 1] = live[k][1]
     end
   end
   for i = 1, #all, 2 do
