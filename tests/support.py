@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -188,21 +187,3 @@ def problem(resp: requests.Response) -> dict[str, Any]:
     assert body["status"] == resp.status_code
     assert "Traceback" not in resp.text
     return body
-
-
-def in_forked_child(produce: Callable[[], bytes]) -> tuple[int, bytes]:
-    """The pid of a forked child and what ``produce`` returned in it (at most 4 KiB), as in a
-    gunicorn worker forked from the preloaded master."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(write_end, produce())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        os.waitpid(pid, 0)
-        return pid, os.read(read_end, 4096)
-    finally:
-        os.close(read_end)

@@ -1,7 +1,7 @@
-"""Unpadded base64url (RFC 4648 section 5): the encoding of JWS segments and of refresh tokens.
+"""Strict base64url decoding (RFC 4648 section 5) of JWS segments, before a bearer token is looked at.
 
-Both directions go to ``binascii`` directly: ``base64.urlsafe_b64encode`` is two Python calls around
-the same C function, and the token path encodes three times and decodes three times per request.
+Kept for strictness, not speed: a non-canonical segment (unused low bits set, padding where none
+belongs, the standard alphabet's ``+`` and ``/``) is refused, as PyJWT refuses it.
 """
 
 from __future__ import annotations

@@ -149,9 +149,10 @@ class MemoryStore(Store):
             elif not family.confirmed_at:
                 record.role, record.confirmed = family.role, now
             self._forget_ended(record, now, policy)
-            live = sorted((f.last, fid) for fid, f in record.families.items() if not f.ended)
-            for _, oldest in live[: max(0, len(live) - MAX_FAMILIES + 1)]:
-                del record.families[oldest]  # the least recently used device signs in again
+            if len(record.families) >= MAX_FAMILIES:
+                live = sorted((f.last, fid) for fid, f in record.families.items() if not f.ended)
+                for _, oldest in live[: max(0, len(live) - MAX_FAMILIES + 1)]:
+                    del record.families[oldest]  # the least recently used device signs in again
             record.principals[family.principal] = (family.issuer, family.subject)
             record.families[family.family_id] = _Family(
                 0, now, now, record.role, family.principal, family.session_digest, family.browser_digest)

@@ -40,7 +40,6 @@ _RAW_BYTES = _TAG_BYTES + _FAMILY_BYTES + _GENERATION_BYTES + _MAC_BYTES
 _CHARS = _RAW_BYTES * 4 // 3  # a multiple of 3 bytes: base64 without padding
 PATTERN = rf"^rt2\.[A-Za-z0-9_-]{{{_CHARS}}}$"  # also the OpenAPI description's schema of a refresh token
 _SHAPE = re.compile(PATTERN)
-MAX_GENERATION = 2**32 - 1
 MALFORMED = "the refresh token is malformed; sign in again"
 NOT_OURS = "the refresh token is invalid, expired or revoked; sign in again"
 
