@@ -3,7 +3,7 @@
 Why: ``make bench`` compares endpoints within one round, but comparing two *versions* across two
 bench runs drowns in the machine's drift (on a shared 2-core machine, the same code measured 0.38x
 and 0.49x in back-to-back runs). Here both versions run at once, against one Redis and one IdP,
-with the same gunicorn settings and shape (this checkout's ``bench/gunicorn.conf.py`` and the
+with the same gunicorn settings and shape (this checkout's ``deploy/gunicorn.conf.py`` and the
 ``TOKEN_SERVICE_*`` variables); short wrk runs alternate between them (A B, then B A, ...), so drift
 hits both alike. The report gives, per endpoint and version, the median req/s and the median CPU per
 request summed over every server-side process (gunicorn master, workers, Redis), with each part and

@@ -1,7 +1,7 @@
 """``make bench``: token-service side by side with the peers a user would pick instead, in one run.
 
 Targets, each under the same server shape (the packaged gunicorn settings through
-``bench/gunicorn.conf.py``, or what the ``TOKEN_SERVICE_*`` variables make of them) wherever it is a
+``deploy/gunicorn.conf.py``, or what the ``TOKEN_SERVICE_*`` variables make of them) wherever it is a
 Python app:
 
 - a bare Flask hello (``bench/hello.py``);

@@ -1,7 +1,7 @@
 """The servers under test, all on loopback: the peers, token-service in a chosen server shape, and nginx.
 
 Every Python app runs under the same gunicorn settings (the packaged ones, through
-``bench/gunicorn.conf.py``) and the same shape: worker class, workers, threads and keep-alive come from
+``deploy/gunicorn.conf.py``) and the same shape: worker class, workers, threads and keep-alive come from
 the ``TOKEN_SERVICE_*`` variables those settings read. "Behind nginx" puts nginx in front of
 token-service, with the proxy settings of the shipped ``deploy/nginx/token-service.conf`` (plain HTTP
 on loopback: no TLS anywhere in the bench).
@@ -24,7 +24,7 @@ from bench.procs import BenchError, Server
 from tests.redis_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = ROOT / "bench" / "gunicorn.conf.py"  # the packaged settings, and the worker class
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"  # the packaged settings, read afresh
 DEV_CONFIG = ROOT / "dev" / "config.toml"
 HOST = "127.0.0.1"
 
@@ -96,8 +96,8 @@ def shape_from_env(env: Mapping[str, str]) -> Shape:
         return int(raw)
 
     worker_class = env.get("TOKEN_SERVICE_WORKER_CLASS", str(conf["worker_class"]))
-    if worker_class not in ("sync", "gthread"):
-        raise BenchError(f"TOKEN_SERVICE_WORKER_CLASS={worker_class!r}: the bench knows sync and gthread")
+    if worker_class not in ("sync", "gthread", "gevent"):
+        raise BenchError(f"TOKEN_SERVICE_WORKER_CLASS={worker_class!r}: the bench knows gevent, gthread and sync")
     return Shape(
         worker_class=worker_class,
         workers=max(1, number("TOKEN_SERVICE_WORKERS", conf["workers"])),
@@ -108,8 +108,8 @@ def shape_from_env(env: Mapping[str, str]) -> Shape:
 
 
 def parse_shape(text: str) -> Shape:
-    """``gthread:3x4``, ``sync:3``, ``sync:3+nginx``, ``gthread:3x4:ka0`` (keep-alive 0 s)."""
-    match = re.fullmatch(r"(sync|gthread):(\d+)(?:x(\d+))?(?::ka(\d+))?(\+nginx)?", text.strip())
+    """``gevent:3``, ``gthread:3x4``, ``sync:3+nginx``, ``gthread:3x4:ka0`` (keep-alive 0 s)."""
+    match = re.fullmatch(r"(sync|gthread|gevent):(\d+)(?:x(\d+))?(?::ka(\d+))?(\+nginx)?", text.strip())
     if not match:
         raise BenchError(f"{text!r} is not a shape such as gthread:3x4, sync:3+nginx or gthread:3x4:ka0")
     worker_class, workers, threads, keepalive, nginx = match.groups()

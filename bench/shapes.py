@@ -10,7 +10,7 @@ difference between the two copies is the noise of the machine.
 Usage (after ``make install``)::
 
     .venv/bin/python -m bench.shapes
-    BENCH_SHAPES="gthread:3x4,sync:3+nginx" BENCH_ROUNDS=5 .venv/bin/python -m bench.shapes
+    BENCH_SHAPES="gevent:3,gthread:3x4,sync:3+nginx" BENCH_ROUNDS=5 .venv/bin/python -m bench.shapes
 
 A shape is ``CLASS:WORKERS[xTHREADS][:kaSECONDS][+nginx]``. Other variables as ``bench/run.py``'s
 (WRK_*, BENCH_OPEN_*, BENCH_POOL, BENCH_FAMILIES); WRK_DURATION defaults to 8 s and BENCH_OPEN_DURATION
@@ -31,7 +31,7 @@ from bench.loadgen import OpenLoopResult, WrkResult
 from bench.procs import BenchError
 from bench.servers import Shape, parse_shape
 
-DEFAULT_SHAPES = "gthread:3x4,gthread:3x4,gthread:3x1,gthread:2x4,gthread:3x4:ka0,sync:3,sync:3+nginx,sync:4+nginx"
+DEFAULT_SHAPES = "gevent:3,gevent:3,gevent:2,gthread:3x4,gthread:2x4,sync:3+nginx"
 
 
 def shapes_from_env() -> list[Shape]:

@@ -114,7 +114,7 @@ def test_check_config_reads_the_same_gunicorn_settings_from_any_directory(
     assert from_root.returncode == from_elsewhere.returncode == 0, from_elsewhere.stderr
     assert from_root.stdout == from_elsewhere.stdout
     shipped = multiprocessing.cpu_count() + 1
-    assert (f"gunicorn python:token_service.gunicorn_conf: {shipped} worker(s) x 4 thread(s), gthread"
+    assert (f"gunicorn python:token_service.gunicorn_conf: {shipped} worker(s) x 1000 connection(s), gevent"
             in from_elsewhere.stdout)
     # ... and the memory-store rule is checked against those workers, not gunicorn's default of one.
     (tmp_path / "memory").mkdir()
@@ -141,7 +141,7 @@ def test_an_explicit_gunicorn_config_or_its_variable_overrides_the_shipped_one(
     shim = cli_without_secrets("check-config", "--config", str(config), "--workers", "1",
                                "--gunicorn-config", str(ROOT / "deploy" / "gunicorn.conf.py"), env=SERVICE_ENV,
                                cwd=elsewhere)
-    assert shim.returncode == 0 and "1 worker(s) x 4 thread(s), gthread" in shim.stdout
+    assert shim.returncode == 0 and "1 worker(s) x 1000 connection(s), gevent" in shim.stdout
     missing = cli_without_secrets("check-config", "--config", str(config), "--gunicorn-config",
                                   str(tmp_path / "nope.py"), env=SERVICE_ENV)
     assert missing.returncode != 0 and "not found" in missing.stderr
@@ -158,7 +158,7 @@ def test_serve_from_another_directory_runs_the_shipped_settings(
     with gunicorn(config, workers=None, cwd=elsewhere, env=env) as served:
         assert requests.get(f"{served.url}/healthz", timeout=10).status_code == 200
     messages = [line["msg"] for line in served.lines if line["logger"] == "gunicorn.error"]
-    assert "Using worker: gthread" in messages
+    assert "Using worker: gevent" in messages
     assert sum(m.startswith("Booting worker") for m in messages) == multiprocessing.cpu_count() + 1
     # No control socket: nothing in HOME shared with other gunicorns, and no error about it.
     assert not any("control" in m.lower() for m in messages), messages

@@ -42,6 +42,14 @@ def _configure_logging(settings: Settings) -> None:
     configure_logging(settings.logging.level)
 
 
+def _server_shape(options: dict[str, Any], workers: int) -> str:
+    """"3 worker(s) x 1000 connection(s), gevent": what one worker serves at once, by worker class."""
+    worker_class = options.get("worker_class", "sync")
+    if worker_class == "gevent":
+        return f"{workers} worker(s) x {options.get('worker_connections', 1000)} connection(s), gevent"
+    return f"{workers} worker(s) x {options.get('threads', 1)} thread(s), {worker_class}"
+
+
 def check_config(args: argparse.Namespace) -> int:
     options, source = _server_options(args)
     workers = int(options.get("workers", 1))
@@ -49,13 +57,11 @@ def check_config(args: argparse.Namespace) -> int:
     for warning in config_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
     where = args.config or os.environ.get(CONFIG_ENV)
-    threads = options.get("threads", 1)
     print(
         f"configuration is valid: {where} "
         f"({len(settings.issuers)} issuer(s), {len(settings.roles.sids)} role(s), "
         f"store {settings.store.url.split('://')[0]}://, token ttl {settings.twilio.token_ttl}s; "
-        f"gunicorn {source}: {workers} worker(s) x {threads} thread(s), "
-        f"{options.get('worker_class', 'sync')})"
+        f"gunicorn {source}: {_server_shape(options, workers)})"
     )
     if not args.probe:
         return 0
@@ -193,10 +199,24 @@ def _prepare_metrics_dir() -> None:
         stale.unlink()
 
 
+def _patch_for_gevent() -> None:
+    """gevent's cooperative sockets, locks and threads, before the app is loaded and the workers fork.
+
+    gunicorn's gevent worker patches only in the worker, after the fork: too late for an app preloaded
+    in the master, whose locks would still be the blocking kind (one held across a key fetch would
+    stop every request of the worker). Patched here, everything the app makes is gevent's.
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run under gunicorn with the packaged settings (or ``--gunicorn-config``)."""
     options, _ = _server_options(args)
     settings = _load_or_exit(args.config, int(options.get("workers", 1)))
+    if options.get("worker_class") == "gevent":
+        _patch_for_gevent()
     _prepare_metrics_dir()
 
     from gunicorn.app.base import BaseApplication

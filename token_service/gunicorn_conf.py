@@ -10,15 +10,16 @@ behaviour without editing a file. gunicorn reads the module-level names listed i
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from typing import Any
 
 __all__ = [
-    "bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
+    "bind", "workers", "worker_class", "threads", "worker_connections", "timeout", "graceful_timeout", "keepalive",
     "preload_app", "limit_request_line", "limit_request_field_size", "accesslog", "errorlog",
     "loglevel", "logger_class", "forwarded_allow_ips", "control_socket_disable", "control_socket",
-    "child_exit",
+    "child_exit", "when_ready",
 ]
 
 
@@ -29,11 +30,20 @@ def _env(name: str, default: str) -> str:
 
 
 bind = [_env("BIND", "127.0.0.1:8000")]
+# gevent: each worker is one event loop, and a request waiting on Redis or the IdP yields to the next
+# one. gthread's hand-offs between its poller and its pool threads (a wake-up each way, and the GIL
+# passed between threads) cost more than a refresh's own work; bench/shapes.py measures both, and
+# the README's Benchmark section gives the figures. TOKEN_SERVICE_WORKER_CLASS=gthread brings
+# threads back (TOKEN_SERVICE_THREADS each). ``token-service serve`` patches the standard library for
+# gevent before it loads the app (this module has no side effects: tools read it in-process).
+worker_class = _env("WORKER_CLASS", "gevent")
+if worker_class not in ("gevent", "gthread", "sync"):
+    raise ValueError(f"TOKEN_SERVICE_WORKER_CLASS={worker_class!r}: expected gevent, gthread or sync")
 # Token minting is CPU-bound (signature checks, HMAC): one worker per core, plus one.
 workers = int(_env("WORKERS", str(multiprocessing.cpu_count() + 1)))
-# Threads let a worker keep answering while one request waits on the IdP or the store.
-worker_class = "gthread"
 threads = int(_env("THREADS", "4"))
+# How many connections one gevent worker serves at once.
+worker_connections = int(_env("WORKER_CONNECTIONS", "1000"))
 timeout = int(_env("TIMEOUT", "30"))
 graceful_timeout = int(_env("GRACEFUL_TIMEOUT", "20"))
 keepalive = int(_env("KEEPALIVE", "5"))
@@ -65,3 +75,14 @@ def child_exit(server: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn hoo
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
+    """Freeze what the preloaded app made, before the workers are forked.
+
+    The imports and the app are several hundred thousand objects that live as long as the process; the
+    cyclic collector walked all of them in each worker's full collection, a pause of about 50 ms every
+    few thousand requests (the refresh tail at p99). Frozen, they are never walked, and the workers'
+    pages holding them are not copied on the collector's writes.
+    """
+    gc.freeze()

@@ -33,12 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from token_service.authn.introspection import TokenBucket
 from token_service.authn.jwks import MAX_BAD_KIDS, KeyNotFound, KeysUnavailable, key_report
 from token_service.authn.jws import (
+    TokenChecker,
     check_header,
-    checked_claims,
-    signature_checker,
     signing_key,
     split_jws,
-    verify_signature,
 )
 from token_service.errors import InvalidToken
 from token_service.metrics import JWKS_FETCHES
@@ -212,7 +210,7 @@ class AlbAssertions:
         self.keys = keys
         self._signers = list(issuer.gateway.load_balancer_arns)
         self._clock = clock
-        self._jws = signature_checker()
+        self._checker = TokenChecker()
 
     def verify(self, token: str) -> dict[str, Any]:
         """The user's claims, once the ALB's signature and its header's rules hold."""
@@ -223,9 +221,8 @@ class AlbAssertions:
         if not _one_of(header.get("signer"), self._signers):
             raise InvalidToken("the assertion was not signed by a configured load balancer (signer)")
         key = signing_key(self.keys, self.issuer.name, header.get("kid"), alg)
-        verify_signature(self._jws, token, key, alg)
+        claims = self._checker.claims(token, key, alg, require=["sub"], leeway=self.issuer.leeway)
         self._check_protected_header(header)
-        claims = checked_claims(token, require=["sub"], leeway=self.issuer.leeway)
         if "iss" in claims and claims["iss"] != header["iss"]:
             raise InvalidToken("the assertion's payload names another issuer than its header")
         if not isinstance(claims["sub"], str) or not claims["sub"]:

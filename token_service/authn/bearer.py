@@ -26,12 +26,10 @@ from token_service.authn.issuers import IssuerDirectory, check_tenant
 from token_service.authn.jwks import FileKeySource, HttpKeySource, JwksCache, KeyCache
 from token_service.authn.jws import (
     ACCEPTED_TYPES,
+    TokenChecker,
     check_header,
-    checked_claims,
-    signature_checker,
     signing_key,
     split_jws,
-    verify_signature,
 )
 from token_service.errors import InvalidToken
 from token_service.mapping import condition_holds
@@ -118,7 +116,7 @@ class BearerVerifier:
         self.directory = IssuerDirectory(issuers)
         self.caches: dict[str, KeyCache] = {i.name: cache_for(i) for i in issuers}
         self.opaque = OpaqueTokens(issuers)
-        self._jws = signature_checker()
+        self._checker = TokenChecker()
 
     def verify(self, token: str) -> VerifiedToken:
         """A bearer proof: an ID token or access token for one of our audiences or clients."""
@@ -159,10 +157,11 @@ class BearerVerifier:
                                "gateway forwards them")
         alg = check_header(parts.header, issuer.algorithms, types)
         key = signing_key(self.caches[issuer.name], issuer.name, parts.header.get("kid"), alg)
-        verify_signature(self._jws, token, key, alg)
         by_client = audience is None and issuer.client_id_claim is not None
-        claims = checked_claims(
+        claims = self._checker.claims(
             token,
+            key,
+            alg,
             require=[c for c in required if not (by_client and c == "aud")],
             audience=None if by_client else audience or issuer.audiences,
             issuer=match.iss,

@@ -41,12 +41,14 @@ class FullySpecifiedEdDSA(OKPAlgorithm):
         return prepared
 
 
+FULLY_SPECIFIED_EDDSA = {"Ed25519": ed25519.Ed25519PublicKey, "Ed448": ed448.Ed448PublicKey}
+
+
 def signature_checker() -> jwt.PyJWS:
-    """PyJWS for the service's asymmetric algorithms, refusing RSA keys under 2048 bits."""
-    jws = jwt.PyJWS(algorithms=[a for a in ASYMMETRIC_ALGORITHMS if a not in {"Ed25519", "Ed448"}],
-                    options={"verify_signature": True, "enforce_minimum_key_length": True})
-    jws.register_algorithm("Ed25519", FullySpecifiedEdDSA(ed25519.Ed25519PublicKey))
-    jws.register_algorithm("Ed448", FullySpecifiedEdDSA(ed448.Ed448PublicKey))
+    """PyJWS for RFC 9864's ``Ed25519`` and ``Ed448``, which PyJWT does not know by those names."""
+    jws = jwt.PyJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": True})
+    for name, public_type in FULLY_SPECIFIED_EDDSA.items():
+        jws.register_algorithm(name, FullySpecifiedEdDSA(public_type))
     return jws
 
 
@@ -137,29 +139,47 @@ def signing_key(cache: KeyCache, issuer_name: str, kid: str | None, alg: str) ->
         ) from None
 
 
-def verify_signature(jws: jwt.PyJWS, token: str, key: Any, alg: str) -> None:
-    """PyJWS checks the signature with ``key``, for the one algorithm the header was allowed."""
+def _verify_signature(jws: jwt.PyJWS, token: str, key: Any, alg: str) -> None:
     try:
         jws.decode_complete(token, key=key, algorithms=[alg])
     except jwt.PyJWTError:
         raise InvalidToken("the token's signature is invalid") from None
 
 
-def checked_claims(token: str, *, require: list[str], leeway: int, audience: str | list[str] | None = None,
-                   issuer: str | None = None) -> dict[str, Any]:
-    """The claims, once the signature holds, as PyJWT's ``decode`` checks them: ``exp``, ``nbf``, ``iat``,
-    ``sub``, ``jti``, the required claims, and ``iss`` and ``aud`` when given; then whole-number dates."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            options={"verify_signature": False, "verify_exp": True, "verify_nbf": True, "verify_iat": True,
-                     "verify_iss": issuer is not None, "verify_aud": audience is not None, "verify_sub": True,
-                     "verify_jti": True, "require": require},
-            audience=audience,
-            issuer=issuer,
-            leeway=leeway,
-        )
-    except jwt.PyJWTError as exc:
-        raise claim_refusal(exc) from None
-    whole_dates(claims)
-    return claims
+def _options(require: list[str], audience: object, issuer: object) -> dict[str, Any]:
+    return {"verify_exp": True, "verify_nbf": True, "verify_iat": True, "verify_iss": issuer is not None,
+            "verify_aud": audience is not None, "verify_sub": True, "verify_jti": True, "require": require}
+
+
+class TokenChecker:
+    """A JWT's signature, then its claims, in one PyJWT ``decode``: the token is parsed once.
+
+    The claims PyJWT checks: ``exp``, ``nbf``, ``iat``, ``sub``, ``jti``, the required claims, and
+    ``iss`` and ``aud`` when given; then whole-number dates. RSA keys under 2048 bits are refused.
+    RFC 9864's ``Ed25519``/``Ed448`` go through a PyJWS that knows those names, then the same claims.
+    """
+
+    def __init__(self) -> None:
+        self._jwt = jwt.PyJWT({"enforce_minimum_key_length": True})
+        self._eddsa = signature_checker()
+
+    def claims(self, token: str, key: Any, alg: str, *, require: list[str], leeway: int,
+               audience: str | list[str] | None = None, issuer: str | None = None) -> dict[str, Any]:
+        """The claims once the signature (for the one allowed ``alg``) and the claims hold."""
+        if alg not in ASYMMETRIC_ALGORITHMS:  # never a shared-secret HMAC, whatever a caller allowed
+            raise InvalidToken("the token's signing algorithm is not allowed for its issuer")
+        options = _options(require, audience, issuer)
+        try:
+            if alg in FULLY_SPECIFIED_EDDSA:
+                _verify_signature(self._eddsa, token, key, alg)
+                claims: dict[str, Any] = self._jwt.decode(token, options={**options, "verify_signature": False},
+                                                          audience=audience, issuer=issuer, leeway=leeway)
+            else:
+                claims = self._jwt.decode(token, key=key, algorithms=[alg], options=options, audience=audience,
+                                          issuer=issuer, leeway=leeway)
+        except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError, jwt.InvalidKeyError):
+            raise InvalidToken("the token's signature is invalid") from None
+        except jwt.PyJWTError as exc:
+            raise claim_refusal(exc) from None
+        whole_dates(claims)
+        return claims

@@ -23,12 +23,10 @@ from typing import Any
 
 from token_service.authn.jwks import FileKeySource, HttpKeySource, JwksCache
 from token_service.authn.jws import (
+    TokenChecker,
     check_header,
-    checked_claims,
-    signature_checker,
     signing_key,
     split_jws,
-    verify_signature,
 )
 from token_service.errors import InvalidToken
 from token_service.settings import TrustedClientSettings
@@ -54,7 +52,7 @@ class ClientAssertions:
         self.audiences = [base, *(base + path for path in TOKEN_ENDPOINTS)]
         self.store = store
         self._clock = clock
-        self._jws = signature_checker()
+        self._checker = TokenChecker()
 
     def client_named(self, token: str) -> TrustedClientSettings | None:
         """The client an assertion claims to come from (its ``iss``), only to choose the keys."""
@@ -68,9 +66,8 @@ class ClientAssertions:
         header = split_jws(token).header
         alg = check_header(header, client.algorithms)
         key = signing_key(self.caches[client.client_id], f"client:{client.client_id}", header.get("kid"), alg)
-        verify_signature(self._jws, token, key, alg)
-        claims = checked_claims(token, require=["iss", "sub", "aud", "exp", "jti"], leeway=client.leeway,
-                                audience=self.audiences, issuer=client.client_id)
+        claims = self._checker.claims(token, key, alg, require=["iss", "sub", "aud", "exp", "jti"],
+                                      leeway=client.leeway, audience=self.audiences, issuer=client.client_id)
         if claims["sub"] != client.client_id:
             raise InvalidToken("the assertion's 'sub' must be the client's own id (RFC 7523 3)")
         now = self._clock()

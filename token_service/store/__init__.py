@@ -46,6 +46,11 @@ def _connection_options(store: StoreSettings, password: str | None) -> dict[str,
     return options
 
 
+def _slots(store: StoreSettings) -> dict[str, Any]:
+    """At most ``max_connections`` calls at once, each waiting up to one socket timeout for its turn."""
+    return {"max_connections": store.max_connections, "wait": store.socket_timeout}
+
+
 def _tls_options(store: StoreSettings) -> dict[str, Any]:
     return {
         "ssl": True,
@@ -89,7 +94,7 @@ def _open_backend(settings: Settings) -> Store:
         def connect() -> redis.RedisCluster:
             return redis.RedisCluster(startup_nodes=nodes, max_connections=store.max_connections, **options)
 
-        return RedisStore(connect=connect, prefix=store.key_prefix, cluster=True)
+        return RedisStore(connect=connect, prefix=store.key_prefix, cluster=True, **_slots(store))
     if parts.scheme == "redis+sentinel":
         service, _, db = parts.path.strip("/").partition("/")
         if tls:
@@ -101,8 +106,8 @@ def _open_backend(settings: Settings) -> Store:
             sentinel_options["password"] = sentinel_secret.get_secret_value()
         sentinel = Sentinel(_hosts(parts.netloc, 26379), sentinel_kwargs=sentinel_options, **options)
         client = sentinel.master_for(service, db=int(db or 0), max_connections=store.max_connections)
-        return RedisStore(client, prefix=store.key_prefix)
+        return RedisStore(client, prefix=store.key_prefix, **_slots(store))
     if tls and parts.scheme == "rediss":
         options.update({k: v for k, v in _tls_options(store).items() if k != "ssl"})
     client = redis.Redis.from_url(store.url, max_connections=store.max_connections, **options)
-    return RedisStore(client, prefix=store.key_prefix)
+    return RedisStore(client, prefix=store.key_prefix, **_slots(store))

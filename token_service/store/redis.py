@@ -78,11 +78,16 @@ class RedisStore(Store):
     service that cannot start)."""
 
     def __init__(self, client: Any = None, *, connect: Callable[[], Any] | None = None, prefix: str = "ts:",
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, max_connections: int = 64, wait: float = 0.5) -> None:
         self.prefix = prefix
         self.cluster = cluster
         self._connect = connect
         self._lock = threading.Lock()
+        # redis-py's pools refuse a call past max_connections ("Too many connections") rather than
+        # wait. A gevent worker runs as many requests at once as it has connections, so calls wait
+        # here, at most ``wait`` seconds, for a pooled connection to come free.
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._wait = wait
         self._client: Any = None
         self._scripts: dict[str, Script] = {}
         if client is not None:
@@ -128,10 +133,15 @@ class RedisStore(Store):
         return StoreUnavailable(type(exc).__name__)
 
     def _call(self, fn: Callable[[], T]) -> T:
+        if not self._slots.acquire(timeout=self._wait):
+            log.warning("store busy: every pooled connection stayed in use for %.2f s", self._wait)
+            raise StoreUnavailable("PoolExhausted")
         try:
             return fn()
         except STORE_ERRORS as exc:
             raise self._unavailable(exc) from None
+        finally:
+            self._slots.release()
 
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         def run() -> Any:

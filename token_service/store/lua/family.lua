@@ -1,12 +1,13 @@
 -- Shared prelude, part 2: an identity's record (design 2.4; store/base.py says what it holds).
 -- One hash per identity: 'i' identity, 'r' current role, 'rc' when a sign-in last confirmed it,
--- 'p:<digest>' = "issuer<TAB>sub", and one field per family (its base64url id) holding
+-- 'p:<digest>' = "issuer<TAB>sub", 's' its size after the last cleanup scan (issue.lua), and one field
+-- per family (its base64url id) holding
 --   "<generation> <created s> <last rotation s> <role> <principal> <IdP session> <browser session>"
 -- or, once ended, the tombstone "x <until s> <reason> <role> <principal>". Values stay under Redis's
 -- 64-byte listpack limit, so a small identity costs one compact key.
 
 local function is_family(field)
-  return field ~= 'i' and field ~= 'r' and field ~= 'rc' and string.sub(field, 1, 2) ~= 'p:'
+  return field ~= 'i' and field ~= 'r' and field ~= 'rc' and field ~= 's' and string.sub(field, 1, 2) ~= 'p:'
 end
 
 local function split(value)

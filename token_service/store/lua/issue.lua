@@ -19,7 +19,7 @@ local idle, absolute = tonumber(ARGV[o + 8]), tonumber(ARGV[o + 9])
 local confirmed_at, tag, has_hll = tonumber(ARGV[o + 10]), ARGV[o + 11], tonumber(ARGV[o + 12])
 local now = math.floor(now_ms / 1000)
 
-local current = redis.call('HMGET', record, 'i', 'r')
+local current = redis.call('HMGET', record, 'i', 'r', 's')
 if current[1] and current[1] ~= identity then
   return redis.error_reply('identity tag collision')
 end
@@ -36,8 +36,12 @@ end
 -- Once the record holds more than a few fields: forget ended families (and subjects no family names),
 -- and keep at most MAX_FAMILIES live ones, ending the least recently used (a device that has not
 -- refreshed the longest signs in again). The cap bounds this scan and the record, whoever signs in.
-local MAX_FAMILIES = 64
-if redis.call('HLEN', record) > 12 then
+-- The scan is amortized: it runs when the record has grown by SCAN_EVERY fields since the last one
+-- ('s' holds the size it left), or when the record is large enough to hold MAX_FAMILIES live ones.
+local MAX_FAMILIES, SCAN_EVERY = 64, 8
+local size = redis.call('HLEN', record)
+local scanned_size = tonumber(current[3] or '0')
+if size > 12 and (size >= scanned_size + SCAN_EVERY or size >= MAX_FAMILIES + 4) then
   local all = redis.call('HGETALL', record)
   local gone, named, live = {}, {}, {}
   for i = 1, #all, 2 do
@@ -67,6 +71,7 @@ if redis.call('HLEN', record) > 12 then
   if #gone > 0 then
     redis.call('HDEL', record, unpack(gone))
   end
+  redis.call('HSET', record, 's', size - #gone + (current[3] and 0 or 1))
 end
 
 redis.call('HSET', record, 'p:' .. principal, issuer .. '\t' .. subject,
