@@ -19,7 +19,7 @@ __all__ = [
     "bind", "workers", "worker_class", "threads", "worker_connections", "timeout", "graceful_timeout", "keepalive",
     "preload_app", "limit_request_line", "limit_request_field_size", "accesslog", "errorlog",
     "loglevel", "logger_class", "forwarded_allow_ips", "control_socket_disable", "control_socket",
-    "child_exit", "when_ready",
+    "child_exit", "when_ready", "post_request",
 ]
 
 
@@ -86,3 +86,17 @@ def when_ready(server: Any) -> None:  # noqa: ARG001 - gunicorn hook signature
     pages holding them are not copied on the collector's writes.
     """
     gc.freeze()
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:  # noqa: ARG001 - hook signature
+    """In a gevent worker, let the other connections' requests run before this connection's next one.
+
+    A greenlet serving a kept-alive connection reads the next request without yielding when it has
+    already arrived, so a fast client could keep a worker to itself while the others' requests wait:
+    under wrk (32 connections, 3 workers) the p99 of a bare Flask hello was 400-570 ms, and 14-26 ms
+    with this yield (gthread: 22-31 ms).
+    """
+    if worker_class == "gevent":
+        import gevent
+
+        gevent.sleep(0)
