@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,3 +53,49 @@ def test_more_requests_at_once_than_pooled_redis_connections_wait_for_one(
     assert 1 <= opened <= POOL
     messages = [line["msg"] for line in served.lines if line["logger"] == "gunicorn.error"]
     assert "Using worker: gevent" in messages
+
+
+def answers_in(sock: socket.socket) -> int:
+    """How many complete answers to ``GET /healthz`` have arrived on ``sock`` so far (without waiting)."""
+    sock.setblocking(False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    return data.count(b"HTTP/1.1 200")
+
+
+def one_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer (headers and Content-Length body) from a blocking socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(lengths[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_a_client_with_requests_queued_does_not_keep_the_worker_from_the_others(
+    idp: DevIdP, tmp_path: Path
+) -> None:
+    """A greenlet reads a kept-alive connection's next request without yielding when it is already
+    there: 200 pipelined requests would all be answered before another client's one. The worker
+    yields after each answer, so the other client is answered while most of them still wait."""
+    host, pipelined = "127.0.0.1", 200
+    request = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+    with gunicorn(dev_config(tmp_path, idp.issuer), workers=1) as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        with socket.create_connection((host, port)) as busy, socket.create_connection((host, port)) as other:
+            busy.sendall(request)  # both connections accepted and served once
+            other.sendall(request)
+            one_answer(other)
+            one_answer(busy)
+            busy.setblocking(True)
+            busy.sendall(request * pipelined)
+            other.sendall(request)
+            other.settimeout(30)
+            assert one_answer(other).startswith(b"HTTP/1.1 200")
+            assert answers_in(busy) < pipelined // 2

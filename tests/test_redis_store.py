@@ -257,3 +257,21 @@ def test_redis_killed_mid_rotation_leaves_no_half_rotated_family(idp: DevIdP, rs
             assert post_refresh(svc.url, after.json()["refresh_token"]).status_code == 200
             replay = post_refresh(svc.url, token)
             assert replay.status_code == 401
+
+
+def test_sign_ins_forget_ended_families_so_the_record_stays_bounded(redis_server: RedisServer) -> None:
+    """Cleaning the record is amortized (a scan each 8 new fields), never skipped: however many
+    families end, an identity's hash holds its live ones plus a few fields."""
+    from tests.test_store_contract import issue
+    from token_service.store.base import FamilyPolicy
+
+    short = FamilyPolicy(idle=1, absolute=3600)
+    with _store_and_admin(redis_server) as (store, admin):
+        ended = [issue(store, policy=short) for _ in range(40)]
+        time.sleep(2.2)  # every one of them is past its idle time now
+        live = [issue(store) for _ in range(20)]
+        record = store.record_key(live[0].tag)
+        fields = admin.hkeys(record)
+        assert not {f.family_id for f in ended} & set(fields)
+        assert {f.family_id for f in live} <= set(fields)
+        assert len(fields) <= 20 + 8 + 5  # live families, the slack between scans, i r rc s and one p:
