@@ -151,3 +151,19 @@ def test_make_run_installs_only_what_running_needs() -> None:
     assert "requirements-dev.lock" not in run and "twilio_spec" not in run
     test = commands("test")
     assert "requirements-dev.lock" in test and "twilio_spec" in test
+
+
+def test_the_run_lock_holds_what_the_shipped_gevent_worker_imports() -> None:
+    """``make run`` and the container install requirements.lock alone. gunicorn's gevent worker also
+    imports ``packaging``, which only the dev lock held (through pytest): a fresh ``make run`` failed
+    to start its worker. gunicorn's own ``gevent`` extra names what the worker needs."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pinned = {canonicalize_name(line.split("==")[0]) for line in lines if "==" in line and line[:1].isalnum()}
+    extra = [Requirement(text) for text in requires("gunicorn") or []]
+    needed = {canonicalize_name(r.name) for r in extra if r.marker and r.marker.evaluate({"extra": "gevent"})}
+    assert needed and needed <= pinned, needed - pinned
