@@ -124,6 +124,19 @@ def test_check_config_reads_the_same_gunicorn_settings_from_any_directory(
     assert f"the memory store lives in one process but {shipped} workers would run" in refused.stderr
 
 
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("TOKEN_SERVICE_WORKER_CLASS", "eventlet", "expected gevent, gthread or sync"),
+    ("TOKEN_SERVICE_WORKERS", "two", "invalid literal"),
+])
+def test_a_gunicorn_variable_with_a_bad_value_is_one_line(idp: DevIdP, tmp_path: Path, variable: str, value: str,
+                                                         says: str) -> None:
+    done = cli_without_secrets("check-config", "--config", str(dev_config(tmp_path, idp.issuer)),
+                               env={**SERVICE_ENV, variable: value})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and says in done.stderr
+    assert done.stderr.startswith("gunicorn config python:token_service.gunicorn_conf: ")
+
+
 def test_an_explicit_gunicorn_config_or_its_variable_overrides_the_shipped_one(
     idp: DevIdP, tmp_path: Path, elsewhere: Path
 ) -> None:

@@ -160,16 +160,22 @@ def show_user(args: argparse.Namespace) -> int:
 
 
 def _gunicorn_settings(source: str) -> dict[str, Any]:
-    """The module-level settings of a gunicorn config: ``python:module.name`` or a file path."""
-    if source.startswith("python:"):
-        try:
-            namespace = runpy.run_module(source.removeprefix("python:"))
-        except ImportError as exc:
-            raise SystemExit(f"gunicorn config {source}: cannot be imported ({exc})") from None
-    else:
-        if not Path(source).is_file():
-            raise SystemExit(f"gunicorn config {source} not found")
-        namespace = runpy.run_path(source)
+    """The module-level settings of a gunicorn config: ``python:module.name`` or a file path.
+
+    A setting its variable makes invalid (``TOKEN_SERVICE_WORKERS=two``) is one line and exit status 1.
+    """
+    try:
+        if source.startswith("python:"):
+            try:
+                namespace = runpy.run_module(source.removeprefix("python:"))
+            except ImportError as exc:
+                raise SystemExit(f"gunicorn config {source}: cannot be imported ({exc})") from None
+        else:
+            if not Path(source).is_file():
+                raise SystemExit(f"gunicorn config {source} not found")
+            namespace = runpy.run_path(source)
+    except ValueError as exc:
+        raise SystemExit(f"gunicorn config {source}: {exc}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
 
 
