@@ -166,14 +166,13 @@ def _gunicorn_settings(source: str) -> dict[str, Any]:
     """
     try:
         if source.startswith("python:"):
-            try:
-                namespace = runpy.run_module(source.removeprefix("python:"))
-            except ImportError as exc:
-                raise SystemExit(f"gunicorn config {source}: cannot be imported ({exc})") from None
-        else:
-            if not Path(source).is_file():
-                raise SystemExit(f"gunicorn config {source} not found")
+            namespace = runpy.run_module(source.removeprefix("python:"))
+        elif Path(source).is_file():
             namespace = runpy.run_path(source)
+        else:
+            raise SystemExit(f"gunicorn config {source} not found")
+    except ImportError as exc:
+        raise SystemExit(f"gunicorn config {source}: cannot be imported ({exc})") from None
     except ValueError as exc:
         raise SystemExit(f"gunicorn config {source}: {exc}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}

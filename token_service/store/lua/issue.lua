@@ -71,7 +71,7 @@ if size > 12 and (size >= scanned_size + SCAN_EVERY or size >= MAX_FAMILIES + 4)
   if #gone > 0 then
     redis.call('HDEL', record, unpack(gone))
   end
-  redis.call('HSET', record, 's', size - #gone + (current[3] and 0 or 1))
+  redis.call('HSET', record, 's', size - #gone + (current[3] and 0 or 1))  -- counting 's' itself
 end
 
 redis.call('HSET', record, 'p:' .. principal, issuer .. '\t' .. subject,
