@@ -83,9 +83,10 @@ class RedisStore(Store):
         self.cluster = cluster
         self._connect = connect
         self._lock = threading.Lock()
-        # redis-py's pools refuse a call past max_connections ("Too many connections") rather than
-        # wait. A gevent worker runs as many requests at once as it has connections, so calls wait
-        # here, at most ``wait`` seconds, for a pooled connection to come free.
+        # redis-py's default pools refuse a call past max_connections ("Too many connections") rather
+        # than wait, and Sentinel's pool has no blocking kind (BlockingConnectionPool is for a plain
+        # Redis). A gevent worker runs as many requests at once as it has connections, so calls wait
+        # here, at most ``wait`` seconds, for a pooled connection: one rule for every backend.
         self._slots = threading.BoundedSemaphore(max_connections)
         self._wait = wait
         self._client: Any = None
