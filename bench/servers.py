@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"  # the packaged settings, read afresh
 DEV_CONFIG = ROOT / "dev" / "config.toml"
 HOST = "127.0.0.1"
+WORKER_CLASSES = ("gevent", "gthread", "sync")  # what the shipped gunicorn settings accept
 
 # Limits no run can reach, so nothing is refused but every request still pays for the bucket checks.
 # 1,000,000 is the most settings.RatePolicy accepts: a burst of a million, then ~16,700 req/s per key.
@@ -96,8 +97,8 @@ def shape_from_env(env: Mapping[str, str]) -> Shape:
         return int(raw)
 
     worker_class = env.get("TOKEN_SERVICE_WORKER_CLASS", str(conf["worker_class"]))
-    if worker_class not in ("sync", "gthread", "gevent"):
-        raise BenchError(f"TOKEN_SERVICE_WORKER_CLASS={worker_class!r}: the bench knows gevent, gthread and sync")
+    if worker_class not in WORKER_CLASSES:
+        raise BenchError(f"TOKEN_SERVICE_WORKER_CLASS={worker_class!r}: the bench knows {', '.join(WORKER_CLASSES)}")
     return Shape(
         worker_class=worker_class,
         workers=max(1, number("TOKEN_SERVICE_WORKERS", conf["workers"])),
@@ -109,7 +110,7 @@ def shape_from_env(env: Mapping[str, str]) -> Shape:
 
 def parse_shape(text: str) -> Shape:
     """``gevent:3``, ``gthread:3x4``, ``sync:3+nginx``, ``gthread:3x4:ka0`` (keep-alive 0 s)."""
-    match = re.fullmatch(r"(sync|gthread|gevent):(\d+)(?:x(\d+))?(?::ka(\d+))?(\+nginx)?", text.strip())
+    match = re.fullmatch(rf"({'|'.join(WORKER_CLASSES)}):(\d+)(?:x(\d+))?(?::ka(\d+))?(\+nginx)?", text.strip())
     if not match:
         raise BenchError(f"{text!r} is not a shape such as gthread:3x4, sync:3+nginx or gthread:3x4:ka0")
     worker_class, workers, threads, keepalive, nginx = match.groups()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from token_service.store.base import Bucket, FamilyPolicy, NewFamily, Rotation, Store, short_digest
+from token_service.store.redis import RedisStore
 from token_service.tokens.refresh import identity_tag, new_family_id
 
 pytestmark = pytest.mark.integration
@@ -259,8 +260,6 @@ def test_a_limit_above_a_thousand_per_second_is_kept_exactly(store: Store) -> No
     with ThreadPoolExecutor(8) as pool:  # several connections at once: more than one call per ms
         assert all(pool.map(lambda _: store.hit([fast]).allowed, range(799)))
     assert store.hit([fast]).tightest().remaining >= 5000 - 801
-    from token_service.store.redis import RedisStore
-
     if isinstance(store, RedisStore):  # the memory store keeps gcra_step's value (tests/test_gcra.py)
         fresh = bucket("token-ip", "ip:198.51.100.10", 5000, window=1)
         store.hit([fresh])

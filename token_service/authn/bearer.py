@@ -3,10 +3,10 @@
 A JWT fails closed, in this order: size and shape (strict, canonical base64url); header (``alg``
 on the issuer's asymmetric allow-list, no ``crit`` we do not understand, a token ``typ`` we
 accept); the issuer, matched by ``iss`` (exact, alias, or tenant template, see ``issuers.py``)
-only to choose which keys to verify with; the signature, checked by PyJWT's ``PyJWS`` with a key
-from that issuer's own JWKS (``jku``, ``x5u`` and ``jwk`` headers are never followed; RSA keys
-under 2048 bits refused); then the claims by PyJWT's ``decode`` with the issuer's leeway (``iss``,
-``exp``, ``nbf``, ``iat``, required claims, and ``aud`` in ``audiences``), and after it the rules
+only to choose which keys to verify with; the signature, with a key from that issuer's own JWKS
+(``jku``, ``x5u`` and ``jwk`` headers are never followed; RSA keys under 2048 bits refused), then
+the claims with the issuer's leeway (``iss``, ``exp``, ``nbf``, ``iat``, required claims, and
+``aud`` in ``audiences``), both in one PyJWT ``decode``; and after it the rules
 PyJWT has no option for: whole-number dates, the tenant's ``tid``, access tokens accepted through
 a client-id claim, and ``azp`` when ``aud`` has several values (OIDC Core 3.1.3.7). No claim is
 used before the signature holds.

@@ -3,8 +3,8 @@
 Bearer tokens (``bearer.py``), gateway assertions (``gateway.py``, ``alb.py``) and RFC 7523 client
 assertions (``rfc7523.py``) all go through these: strict parsing before anything is trusted, the
 header's ``alg`` on an allow-list and no ``crit``, the key from the issuer's own cache (never a key
-the token names), the signature checked by PyJWT's ``PyJWS`` (RSA keys under 2048 bits refused), and
-PyJWT's refusals told as the caller's fix, never echoing the token.
+the token names), the signature and then the claims checked in one PyJWT ``decode`` (RSA keys under
+2048 bits refused), and PyJWT's refusals told as the caller's fix, never echoing the token.
 """
 
 from __future__ import annotations
@@ -42,14 +42,6 @@ class FullySpecifiedEdDSA(OKPAlgorithm):
 
 
 FULLY_SPECIFIED_EDDSA = {"Ed25519": ed25519.Ed25519PublicKey, "Ed448": ed448.Ed448PublicKey}
-
-
-def signature_checker() -> jwt.PyJWS:
-    """PyJWS for RFC 9864's ``Ed25519`` and ``Ed448``, which PyJWT does not know by those names."""
-    jws = jwt.PyJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": True})
-    for name, public_type in FULLY_SPECIFIED_EDDSA.items():
-        jws.register_algorithm(name, FullySpecifiedEdDSA(public_type))
-    return jws
 
 
 @dataclass(frozen=True)
@@ -139,13 +131,6 @@ def signing_key(cache: KeyCache, issuer_name: str, kid: str | None, alg: str) ->
         ) from None
 
 
-def _verify_signature(jws: jwt.PyJWS, token: str, key: Any, alg: str) -> None:
-    try:
-        jws.decode_complete(token, key=key, algorithms=[alg])
-    except jwt.PyJWTError:
-        raise InvalidToken("the token's signature is invalid") from None
-
-
 def _options(require: list[str], audience: object, issuer: object) -> dict[str, Any]:
     return {"verify_exp": True, "verify_nbf": True, "verify_iat": True, "verify_iss": issuer is not None,
             "verify_aud": audience is not None, "verify_sub": True, "verify_jti": True, "require": require}
@@ -161,7 +146,10 @@ class TokenChecker:
 
     def __init__(self) -> None:
         self._jwt = jwt.PyJWT({"enforce_minimum_key_length": True})
-        self._eddsa = signature_checker()
+        # PyJWT knows EdDSA but not RFC 9864's names for it, which also fix the curve.
+        self._eddsa = jwt.PyJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": True})
+        for name, public_type in FULLY_SPECIFIED_EDDSA.items():
+            self._eddsa.register_algorithm(name, FullySpecifiedEdDSA(public_type))
 
     def claims(self, token: str, key: Any, alg: str, *, require: list[str], leeway: int,
                audience: str | list[str] | None = None, issuer: str | None = None) -> dict[str, Any]:
@@ -171,7 +159,7 @@ class TokenChecker:
         options = _options(require, audience, issuer)
         try:
             if alg in FULLY_SPECIFIED_EDDSA:
-                _verify_signature(self._eddsa, token, key, alg)
+                self._eddsa_signature(token, key, alg)
                 claims: dict[str, Any] = self._jwt.decode(token, options={**options, "verify_signature": False},
                                                           audience=audience, issuer=issuer, leeway=leeway)
             else:
@@ -183,3 +171,9 @@ class TokenChecker:
             raise claim_refusal(exc) from None
         whole_dates(claims)
         return claims
+
+    def _eddsa_signature(self, token: str, key: Any, alg: str) -> None:
+        try:
+            self._eddsa.decode_complete(token, key=key, algorithms=[alg])
+        except jwt.PyJWTError:
+            raise InvalidToken("the token's signature is invalid") from None
