@@ -129,11 +129,13 @@ def server_env(shape: Shape) -> dict[str, str]:
     return env
 
 
-def flask_app(name: str, app: str, shape: Shape, workdir: Path, ready_path: str = "/") -> Server:
-    """A Flask app of bench/ under the bench's gunicorn settings and ``shape``."""
+def flask_app(name: str, app: str, shape: Shape, workdir: Path, ready_path: str = "/",
+              env: Mapping[str, str] | None = None) -> Server:
+    """A WSGI app of bench/ under the bench's gunicorn settings and ``shape``."""
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"{HOST}:{port}", app]
-    return Server(name, argv, server_env(shape), port, ready_path, workdir / f"{name}.log", shape.workers, ROOT)
+    return Server(name, argv, {**server_env(shape), **(env or {})}, port, ready_path, workdir / f"{name}.log",
+                  shape.workers, ROOT)
 
 
 def hello_server(shape: Shape, workdir: Path) -> Server:
@@ -142,6 +144,13 @@ def hello_server(shape: Shape, workdir: Path) -> Server:
 
 def twilio_sample_server(shape: Shape, workdir: Path) -> Server:
     return flask_app("twilio-sample", "bench.twilio_sample:app", shape, workdir, ready_path="/token")
+
+
+def floor_server(shape: Shape, workdir: Path, redis_url: str, issuer: str, audience: str) -> Server:
+    """``bench/floor.py``: the least a token endpoint on this stack costs (one Redis script, one mint)."""
+    env = {"FLOOR_REDIS_URL": redis_url, "FLOOR_ISSUER": issuer, "FLOOR_AUDIENCE": audience,
+           "FLOOR_JWKS_URL": f"{issuer}/jwks"}
+    return flask_app("floor", "bench.floor:app", shape, workdir, env=env)
 
 
 def token_server(shape: Shape, workdir: Path, config: Path, checkout: Path = ROOT, tag: str = "") -> Server:
