@@ -5,7 +5,8 @@ each route doing only what its endpoint cannot do without:
 
 - ``GET /``: a small JSON answer, nothing else: what the server alone costs;
 - ``POST /refresh``: read the JSON body, one Redis script that reads and rewrites a hash field (the
-  least a rotation that keeps its state in Redis does), one Twilio Access Token, the JSON answer;
+  least a rotation that keeps its state in Redis does), one Twilio Access Token, a random successor
+  token, the JSON answer;
 - ``POST /token``: the bearer ID token's RS256 signature and claims checked by one PyJWT ``decode``,
   the same one-script Redis call, one Twilio Access Token, the JSON answer.
 
@@ -16,6 +17,7 @@ the same run cannot be met by changing the service's code: only by changing the 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterable
 from functools import cache
 
@@ -65,11 +67,12 @@ def mint_for(identity: str, generation: str) -> dict[str, object]:
 
 
 def refresh(environ: dict[str, object]) -> dict[str, object]:
+    """The bench sends an identity as the "refresh token": no token is checked, only the record rewritten."""
     length = int(str(environ.get("CONTENT_LENGTH") or 0))
     stream = environ["wsgi.input"]
     assert hasattr(stream, "read")
     presented = orjson.loads(stream.read(length))["refresh_token"]
-    return mint_for(presented, presented)
+    return {**mint_for(presented, presented), "refresh_token": secrets.token_urlsafe(32)}
 
 
 def token(environ: dict[str, object]) -> dict[str, object]:
