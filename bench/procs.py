@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -196,3 +197,59 @@ class Scheduling:
 
     def __sub__(self, other: Scheduling) -> Scheduling:
         return Scheduling(self.switches - other.switches, self.run_delay - other.run_delay)
+
+
+@dataclass(frozen=True)
+class MachineTime:
+    """The machine's CPU time so far (the ``cpu`` line of /proc/stat), in clock ticks.
+
+    ``steal`` is the time the hypervisor ran something else while this guest had work: a tail that
+    grows with it comes from the host, not from the servers measured.
+    """
+
+    total: int
+    steal: int
+
+    @classmethod
+    def now(cls) -> MachineTime:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return cls(sum(fields), fields[7] if len(fields) > 7 else 0)
+
+    def stolen_since(self, before: MachineTime) -> float:
+        """The share of the machine's CPU time stolen since ``before``."""
+        total = self.total - before.total
+        return (self.steal - before.steal) / total if total > 0 else 0.0
+
+
+class WakeupProbe:
+    """A thread that sleeps 2 ms at a time and keeps how late each wake-up was.
+
+    Run beside a measurement, it tells how long anything runnable waited for a core on this machine at
+    that moment: the scheduler's queue, and the host's (a saturated guest is paused for up to a
+    ~100 ms quota period). A service's tail cannot be shorter than the machine's.
+    """
+
+    INTERVAL = 0.002
+
+    def __init__(self) -> None:
+        self.late: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wakeup-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            time.sleep(self.INTERVAL)
+            self.late.append(time.perf_counter() - start - self.INTERVAL)
+
+    def __enter__(self) -> WakeupProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def percentile_ms(self, share: float) -> float:
+        ordered = sorted(self.late)
+        return 1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0

@@ -81,7 +81,15 @@ import redis  # noqa: E402
 
 from bench import loadgen, pools, redis_memory, servers  # noqa: E402
 from bench.loadgen import Load, OpenLoop, OpenLoopResult, Wrk, WrkResult  # noqa: E402
-from bench.procs import BenchError, CpuGroups, Scheduling, Server, process_tree  # noqa: E402
+from bench.procs import (  # noqa: E402
+    BenchError,
+    CpuGroups,
+    MachineTime,
+    Scheduling,
+    Server,
+    WakeupProbe,
+    process_tree,
+)
 from bench.servers import Shape  # noqa: E402
 from devidp.harness import DevIdP, DevIdPError, generate_keys  # noqa: E402
 from tests.redis_servers import RedisServer, RedisServerError, ensure_redis_server  # noqa: E402
@@ -231,6 +239,8 @@ class Run:
     attempts: int = 1
     discarded: tuple[str, ...] = ()
     sched: Scheduling | None = None  # the workers' context switches and run-queue wait, per request
+    stolen: float = 0.0  # the share of the machine's CPU time the hypervisor took during the run
+    wakeup_ms: tuple[float, float] = (0.0, 0.0)  # a 2 ms sleeper's lateness during the run: p99, max
 
     @property
     def requests(self) -> int:
@@ -313,13 +323,16 @@ class Bench:
         log(f"{target.label}: round {round_no}, open loop at {rate:,.0f} req/s for {settings.open_duration:g}s")
         load = target.load()
         workers = target.cpu.groups.get("workers", lambda: [])
-        before, sched_before = target.cpu.sample(), Scheduling.of(workers())
-        result = self.open_loop.run(target.address, load, rate, settings.open_duration)
+        before, sched_before, machine = target.cpu.sample(), Scheduling.of(workers()), MachineTime.now()
+        with WakeupProbe() as probe:
+            result = self.open_loop.run(target.address, load, rate, settings.open_duration)
         after, sched = target.cpu.sample(), Scheduling.of(workers()) - sched_before
         self.check(f"{target.label} open loop", f"round {round_no}", result)
         count = max(result.requests, 1)
         return Run(target.key, round_no, result, CpuGroups.used(before, after),
-                   sched=Scheduling(round(sched.switches / count), sched.run_delay / count))
+                   sched=Scheduling(round(sched.switches / count), sched.run_delay / count),
+                   stolen=MachineTime.now().stolen_since(machine),
+                   wakeup_ms=(probe.percentile_ms(0.99), probe.percentile_ms(1.0)))
 
 
 # --------------------------------------------------------------------------- set-up
@@ -493,8 +506,8 @@ def closed_table(labels: Mapping[str, str], runs: Sequence[Run]) -> list[str]:
 def open_table(labels: Mapping[str, str], runs: Sequence[Run]) -> list[str]:
     lines = [
         "| target | round | offered | achieved | p50 | p99 | p99.9 | max | server CPU per request | run-queue wait "
-        "| generator's send lag p99 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| generator's send lag p99 | CPU stolen by the host | a sleeper's wake-up lateness p99, max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in sorted(runs, key=lambda r: (list(labels).index(r.target), r.round_no)):
         res = run.result
@@ -503,7 +516,8 @@ def open_table(labels: Mapping[str, str], runs: Sequence[Run]) -> list[str]:
             f"| {labels[run.target]} | {run.round_no} | {res.rate:,.0f}/s | {res.achieved_rate:,.0f}/s "
             f"| {res.p50_ms:.2f} ms "
             f"| {res.p99_ms:.2f} ms | {res.p999_ms:.2f} ms | {res.max_ms:.2f} ms | {run.cpu_us():,.0f} µs "
-            f"| {1000 * run.sched.run_delay if run.sched else 0:.2f} ms | {res.send_lag_p99_ms:.2f} ms |"
+            f"| {1000 * run.sched.run_delay if run.sched else 0:.2f} ms | {res.send_lag_p99_ms:.2f} ms "
+            f"| {run.stolen:.1%} | {run.wakeup_ms[0]:.1f} ms, {run.wakeup_ms[1]:.1f} ms |"
         )
     return lines
 
@@ -544,7 +558,10 @@ def report(settings: Settings, labels: Mapping[str, str], closed: Sequence[Run],
         f"{settings.open_connections} keep-alive connections; latency from each request's intended send time; "
         f"{settings.open_duration:g} s measured after {settings.open_warmup:g} s of warm-up; generator at nice "
         f"{settings.open_nice}. Run-queue wait: the time the service's threads waited runnable for a core, per "
-        "request.",
+        "request. The generator's send lag includes waiting for a free connection. CPU stolen: the share of "
+        "the machine's CPU time the hypervisor gave to others during the run (/proc/stat). Wake-up lateness: "
+        "how late a thread of the bench that sleeps 2 ms at a time woke up during the run, the machine's own "
+        "wait for a core.",
         "",
         *open_table(labels, opened),
         "",
