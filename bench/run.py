@@ -34,7 +34,7 @@ Environment (defaults in brackets):
     WRK_DURATION [10s], WRK_WARMUP [3s], WRK_THREADS [2], WRK_CONNECTIONS [32], WRK_TIMEOUT [2s]
     BENCH_OPEN_LOAD [0.7]               open-loop rate as a share of the round's peak refresh rate
     BENCH_OPEN_DURATION [20], BENCH_OPEN_WARMUP [2], BENCH_OPEN_CONNECTIONS [64]   (seconds; keep-alive)
-    BENCH_OPEN_NICE [-10 as root, else 0]   the open-loop generator's nice value (see loadgen.OpenLoop)
+    BENCH_OPEN_NICE [-10 as root, else 0]   the open-loop generator's nice, and its session's (loadgen._prioritize)
     BENCH_POOL [2000]                   distinct users in the ID token pool
     BENCH_FAMILIES [1000]               token-service refresh families per run (fresh each run)
     BENCH_OIDC_FAMILIES [64]            oidc-provider grants per run, from new logins (see oidc_load)
@@ -557,11 +557,11 @@ def report(settings: Settings, labels: Mapping[str, str], closed: Sequence[Run],
         "",
         f"{settings.open_connections} keep-alive connections; latency from each request's intended send time; "
         f"{settings.open_duration:g} s measured after {settings.open_warmup:g} s of warm-up; generator at nice "
-        f"{settings.open_nice}. Run-queue wait: the time the service's threads waited runnable for a core, per "
-        "request. The generator's send lag includes waiting for a free connection. CPU stolen: the share of "
-        "the machine's CPU time the hypervisor gave to others during the run (/proc/stat). Wake-up lateness: "
-        "how late a thread of the bench that sleeps 2 ms at a time woke up during the run, the machine's own "
-        "wait for a core.",
+        f"{settings.open_nice}{' in a session of its own' if settings.open_nice else ''}. Run-queue wait: the "
+        "time the service's threads waited runnable for a core, per request. The generator's send lag "
+        "includes waiting for a free connection. CPU stolen: the share of the machine's CPU time the "
+        "hypervisor gave to others during the run (/proc/stat). Wake-up lateness: how late a thread of the "
+        "bench that sleeps 2 ms at a time woke up during the run, the machine's own wait for a core.",
         "",
         *open_table(labels, opened),
         "",
