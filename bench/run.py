@@ -91,7 +91,7 @@ from bench.procs import (  # noqa: E402
     process_tree,
 )
 from bench.servers import Shape  # noqa: E402
-from devidp.harness import DevIdP, DevIdPError, generate_keys  # noqa: E402
+from devidp.harness import DevIdP, DevIdPError, discover, generate_keys  # noqa: E402
 from tests.redis_servers import RedisServer, RedisServerError, ensure_redis_server  # noqa: E402
 
 BUILD = ROOT / "build" / "bench"
@@ -352,9 +352,11 @@ class Backends:
     def config(self, nginx: bool, tag: str = "") -> Path:
         """The service config: this IdP as issuer, this Redis as store (one proxy trusted behind nginx)."""
         path = self.workdir / f"config{tag}.toml"
-        servers.write_config(path, self.idp.issuer, f"redis://{servers.HOST}:{self.redis.port}/0",
-                             trusted_proxies=1 if nginx else 0)
+        servers.write_config(path, self.idp.issuer, self.redis_url(0), trusted_proxies=1 if nginx else 0)
         return path
+
+    def redis_url(self, db: int) -> str:
+        return f"redis://{servers.HOST}:{self.redis.port}/{db}"
 
 
 def start_backends(stack: contextlib.ExitStack, settings: Settings, workdir: Path) -> Backends:
@@ -631,9 +633,9 @@ def bench(settings: Settings, workdir: Path) -> str:
         service = start_service(stack, settings.shape, backends)
         hello = stack.enter_context(servers.hello_server(settings.shape, workdir))
         twilio = stack.enter_context(servers.twilio_sample_server(settings.shape, workdir))
+        issuer = backends.idp.issuer
         floor = stack.enter_context(servers.floor_server(
-            settings.shape, workdir, f"redis://{servers.HOST}:{backends.redis.port}/1", backends.idp.issuer,
-            pools.AUDIENCE))
+            settings.shape, workdir, backends.redis_url(1), issuer, discover(issuer)["jwks_uri"], pools.AUDIENCE))
 
         memory = redis_memory.measure(
             redis.Redis(host=servers.HOST, port=backends.redis.port), service.url,
@@ -644,7 +646,7 @@ def bench(settings: Settings, workdir: Path) -> str:
 
         node = listening_pid(backends.idp.port)
         flask_cpu = {"hello": CpuGroups(gunicorn_groups(hello)), "twilio": CpuGroups(gunicorn_groups(twilio))}
-        floor_cpu = {**gunicorn_groups(floor), "redis": lambda: [backends.redis.pid or 0]}
+        floor_cpu = {**gunicorn_groups(floor), "redis": lambda: [service.redis_pid]}
         targets = [
             Target("hello", LABELS["hello"], hello.address, lambda: Load("GET", "/"), flask_cpu["hello"]),
             Target("twilio", LABELS["twilio"], twilio.address,

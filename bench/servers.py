@@ -146,10 +146,10 @@ def twilio_sample_server(shape: Shape, workdir: Path) -> Server:
     return flask_app("twilio-sample", "bench.twilio_sample:app", shape, workdir, ready_path="/token")
 
 
-def floor_server(shape: Shape, workdir: Path, redis_url: str, issuer: str, audience: str) -> Server:
+def floor_server(shape: Shape, workdir: Path, redis_url: str, issuer: str, jwks_uri: str, audience: str) -> Server:
     """``bench/floor.py``: the least a token endpoint on this stack costs (one Redis script, one mint)."""
     env = {"FLOOR_REDIS_URL": redis_url, "FLOOR_ISSUER": issuer, "FLOOR_AUDIENCE": audience,
-           "FLOOR_JWKS_URL": f"{issuer}/jwks"}
+           "FLOOR_JWKS_URL": jwks_uri}
     return flask_app("floor", "bench.floor:app", shape, workdir, env=env)
 
 
