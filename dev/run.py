@@ -176,4 +176,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    finally:
+        # Python puts its default handlers back while it shuts down, so a second Ctrl-C arriving then
+        # would kill the launcher by signal (make reports an error). Ignored handlers stay as they are.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
